@@ -617,3 +617,16 @@ export function signJwt(claims, secret = JWT_SECRET) {
     const sig = crypto.createHmac("sha256", secret).update(`${header}.${payload}`).digest();
     return `${header}.${payload}.${b64url(sig)}`;
 }
+
+/** Asserts that `msg` is a successful Completion (no error) of `invocationId` for a void method. */
+export function assertVoidCompletion(msg, invocationId) {
+    const ok =
+        msg &&
+        msg.type === 3 &&
+        msg.invocationId === invocationId &&
+        msg.error === undefined &&
+        (msg.result === undefined || msg.result === null);
+    if (!ok) {
+        throw new Error(`expected a void Completion of invocation ${JSON.stringify(invocationId)}, got ${JSON.stringify(msg)}`);
+    }
+}

@@ -1,0 +1,206 @@
+//! Configuration: built-in defaults < `hubcast.toml` (or `--config FILE`) < `HUBCAST_*` environment
+//! variables, with `__` between levels (`HUBCAST_AUTH__JWT_SECRET` sets `auth.jwt_secret`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every role listens on for hubs, health, metrics and the publish API.
+    pub listen: String,
+    pub auth: AuthConfig,
+    pub bus: BusConfig,
+    pub limits: LimitsConfig,
+    pub signalr: SignalRConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for virtual-key and admin JWTs.
+    #[serde(deserialize_with = "optional_string")]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA or EC) for RS256/ES256 tokens; used instead of the secret when set.
+    pub jwt_public_key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_string")]
+    pub issuer: Option<String>,
+    #[serde(deserialize_with = "optional_string")]
+    pub audience: Option<String>,
+    /// The master key itself, or `sha256:<hex>` of it, so the plain key need not sit in a config map.
+    #[serde(deserialize_with = "optional_string")]
+    pub master_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// RabbitMQ URL; without it `serve` runs on the embedded in-process bus.
+    #[serde(deserialize_with = "optional_string")]
+    pub amqp_url: Option<String>,
+    pub exchange_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub connections_per_key: u32,
+    /// Largest inbound hub message, in bytes.
+    pub max_message_size: usize,
+    /// Bytes queued for one connection before it is closed as a slow consumer.
+    pub outbound_buffer_bytes: usize,
+    /// A write to one client that takes longer than this closes it as a slow consumer.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    pub invocations_per_second: f64,
+    pub invocation_burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalRConfig {
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How long a negotiated connection may wait for its transport request.
+    #[serde(with = "humantime_serde")]
+    pub negotiate_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            auth: AuthConfig::default(),
+            bus: BusConfig::default(),
+            limits: LimitsConfig::default(),
+            signalr: SignalRConfig::default(),
+        }
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { amqp_url: None, exchange_prefix: "conduit.".into() }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_key: 100,
+            max_message_size: 32 * 1024,
+            outbound_buffer_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+            invocations_per_second: 10.0,
+            invocation_burst: 20,
+        }
+    }
+}
+
+impl Default for SignalRConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            negotiate_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration. An explicit `--config` file must exist; the default
+    /// `hubcast.toml` is optional.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        Self::figment(file).extract()
+    }
+
+    fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        figment = match file {
+            Some(path) => figment.merge(Toml::file_exact(path)),
+            None => figment.merge(Toml::file("hubcast.toml")),
+        };
+        figment.merge(Env::prefixed("HUBCAST_").split("__"))
+    }
+}
+
+/// Accepts any scalar as a string: an environment variable that looks like a number (a master key of
+/// digits, say) must not fail to load.
+fn optional_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        String(String),
+        Integer(i64),
+        Unsigned(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(Option::<Scalar>::deserialize(deserializer)?.map(|scalar| match scalar {
+        Scalar::String(s) => s,
+        Scalar::Integer(i) => i.to_string(),
+        Scalar::Unsigned(u) => u.to_string(),
+        Scalar::Float(f) => f.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_defaults_file_and_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "hubcast.toml",
+                "listen = \"127.0.0.1:9000\"\n[limits]\nconnections_per_key = 5\n[signalr]\nkeep_alive_interval = \"2s\"\n",
+            )?;
+            jail.set_env("HUBCAST_LIMITS__CONNECTIONS_PER_KEY", "7");
+            jail.set_env("HUBCAST_AUTH__JWT_SECRET", "s3cret");
+            jail.set_env("HUBCAST_AUTH__MASTER_KEY", "12345");
+            jail.set_env("HUBCAST_BUS__AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+            let config = Config::load(None)?;
+            assert_eq!(config.listen, "127.0.0.1:9000", "file beats defaults");
+            assert_eq!(config.limits.connections_per_key, 7, "environment beats file");
+            assert_eq!(config.signalr.keep_alive_interval, Duration::from_secs(2));
+            assert_eq!(config.signalr.client_timeout, Duration::from_secs(30), "defaults fill the rest");
+            assert_eq!(config.auth.jwt_secret.as_deref(), Some("s3cret"));
+            assert_eq!(config.auth.master_key.as_deref(), Some("12345"));
+            assert_eq!(config.bus.amqp_url.as_deref(), Some("amqp://guest:guest@127.0.0.1:5672/%2f"));
+            assert_eq!(config.bus.exchange_prefix, "conduit.");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_that_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("HUBCAST_LIMITS__CONECTIONS_PER_KEY", "7");
+            let error = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(error.contains("conections_per_key"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("HUBCAST_SIGNALR__CLIENT_TIMEOUT", "soon");
+            let error = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(error.contains("client_timeout"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_explicit_config_file_must_exist() {
+        assert!(Config::load(Some(Path::new("/nonexistent/hubcast.toml"))).is_err());
+    }
+}
