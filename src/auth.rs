@@ -196,9 +196,8 @@ pub fn request_credential<'a>(query: &'a HashMap<String, String>, headers: &'a H
         .map(String::as_str)
         .filter(|v| !v.is_empty())
         .or_else(|| {
-            header("authorization").and_then(|v| {
-                v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim)
-            })
+            header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim))
         })
         .or_else(|| header("x-api-key"))
         .or_else(|| query.get("api_key").map(String::as_str).filter(|v| !v.is_empty()))
@@ -235,7 +234,11 @@ pub fn mint_token(
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
     };
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))?)
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }
 
 #[cfg(test)]
@@ -270,11 +273,9 @@ mod tests {
         assert_eq!(auth.authenticate("master").unwrap(), Principal::Admin { expires_at: None });
         assert!(auth.authenticate("mastex").is_err());
         let digest = hex::encode(Sha256::digest(b"master"));
-        let by_digest = Authenticator::new(&AuthConfig {
-            master_key: Some(format!("sha256:{digest}")),
-            ..config()
-        })
-        .unwrap();
+        let by_digest =
+            Authenticator::new(&AuthConfig { master_key: Some(format!("sha256:{digest}")), ..config() })
+                .unwrap();
         assert!(matches!(by_digest.authenticate("master"), Ok(Principal::Admin { .. })));
         let admin = mint_token(&config(), None, Duration::from_secs(60), None).unwrap();
         assert!(matches!(auth.authenticate(&admin), Ok(Principal::Admin { expires_at: Some(_) })));
@@ -296,7 +297,8 @@ mod tests {
         .unwrap();
         assert_eq!(auth.authenticate(&expired), Err(AuthError::Expired));
 
-        let with_issuer = Authenticator::new(&AuthConfig { issuer: Some("conduit".into()), ..config() }).unwrap();
+        let with_issuer =
+            Authenticator::new(&AuthConfig { issuer: Some("conduit".into()), ..config() }).unwrap();
         let token = mint_token(&config(), Some(&key), Duration::from_secs(60), None).unwrap();
         assert!(with_issuer.authenticate(&token).is_err(), "issuer is required once configured");
 

@@ -1,1 +1,117 @@
-fn main() {}
+//! The `hubcast` command (contract section 7).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use hubcast::auth::{mint_token, Authenticator, KeyId};
+use hubcast::config::Config;
+use hubcast::edge::Edge;
+
+#[derive(Parser)]
+#[command(
+    name = "hubcast",
+    version,
+    about = "SignalR hubs fed by RabbitMQ: fan-out for Conduit's real-time layer"
+)]
+struct Cli {
+    /// Configuration file (default: ./hubcast.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Edge and router in one process; the embedded bus unless bus.amqp_url is set.
+    Serve,
+    /// The edge role alone, for scaled deployments (RabbitMQ).
+    Edge,
+    /// The router role alone, for scaled deployments (RabbitMQ).
+    Router,
+    /// Validate and publish one event.
+    Publish {
+        #[arg(long)]
+        hub: String,
+        #[arg(long)]
+        routing_key: String,
+        #[arg(long)]
+        message_id: Option<String>,
+        /// The event body, JSON.
+        json: String,
+    },
+    /// Mint a development token with the configured secret.
+    Token {
+        /// Virtual key id (the token's `sub`).
+        #[arg(long, required_unless_present = "admin")]
+        vkey: Option<String>,
+        /// Lifetime, e.g. 90s, 15m, 1h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// An admin token instead of a virtual-key one.
+        #[arg(long, conflicts_with = "vkey")]
+        admin: bool,
+        /// The `max_connections` claim.
+        #[arg(long)]
+        max_connections: Option<u32>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    match cli.command {
+        Command::Token { vkey, ttl, admin: _, max_connections } => {
+            let key = vkey
+                .map(|id| {
+                    KeyId::parse(&id)
+                        .with_context(|| format!("'{id}' is not a virtual key id ([A-Za-z0-9_-], 1 to 64)"))
+                })
+                .transpose()?;
+            println!("{}", mint_token(&config.auth, key.as_ref(), ttl, max_connections)?);
+            Ok(())
+        }
+        Command::Serve => {
+            hubcast::telemetry::init();
+            if config.bus.amqp_url.is_some() {
+                bail!("bus.amqp_url is set, but the RabbitMQ bus is not built yet: unset it to use the embedded bus");
+            }
+            let config = with_development_credentials(config);
+            let auth = Authenticator::new(&config.auth).context("setting up authentication")?;
+            let edge = Arc::new(Edge::new(config, auth, hubcast::hubs::all()));
+            tokio::runtime::Runtime::new()?.block_on(hubcast::server::serve(edge))
+        }
+        Command::Edge | Command::Router => {
+            bail!("not yet: `hubcast edge` and `hubcast router` arrive with the RabbitMQ pipeline; use `hubcast serve`")
+        }
+        Command::Publish { .. } => {
+            bail!("not yet: `hubcast publish` arrives with the hubs; POST /api/v1/publish to a running serve meanwhile")
+        }
+    }
+}
+
+/// `serve` with no credentials configured is a development server: it makes up a secret and a master
+/// key and prints them, so a newcomer can connect at once. Configured values are never replaced.
+fn with_development_credentials(mut config: Config) -> Config {
+    if config.auth.jwt_secret.is_some() || config.auth.jwt_public_key_file.is_some() {
+        return config;
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let master_key =
+        config.auth.master_key.get_or_insert_with(|| hex::encode(rand::random::<[u8; 16]>())).clone();
+    config.auth.jwt_secret = Some(secret.clone());
+    let sample = KeyId::parse("1")
+        .and_then(|key| mint_token(&config.auth, Some(&key), Duration::from_secs(24 * 3600), None).ok())
+        .unwrap_or_default();
+    eprintln!(
+        "\nNo auth.jwt_secret configured: this is a development server with a secret made up for this run.\n\
+         \n  HUBCAST_AUTH__JWT_SECRET={secret}\n  HUBCAST_AUTH__MASTER_KEY={master_key}\n\
+         \nA token for virtual key 1, valid 24 h:\n  {sample}\n\
+         \nMint more with: HUBCAST_AUTH__JWT_SECRET={secret} hubcast token --vkey 42\n"
+    );
+    config
+}

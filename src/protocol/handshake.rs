@@ -109,13 +109,18 @@ mod tests {
     #[test]
     fn refuses_with_the_texts_aspnet_core_sends() {
         let refusal = |text: &[u8]| parse(text).unwrap_err().to_string();
-        assert_eq!(refusal(b"{\"protocol\":\"foo\",\"version\":1}\x1e"), "The protocol 'foo' is not supported.");
+        assert_eq!(
+            refusal(b"{\"protocol\":\"foo\",\"version\":1}\x1e"),
+            "The protocol 'foo' is not supported."
+        );
         assert_eq!(
             refusal(b"{\"protocol\":\"json\",\"version\":99}\x1e"),
             "The server does not support version 99 of the 'json' protocol."
         );
         assert!(refusal(b"{\"protocol\":\"json\"}\x1e").contains("Missing required property 'version'."));
-        assert!(refusal(b"not json\x1e").starts_with("An unexpected error occurred during connection handshake."));
+        assert!(
+            refusal(b"not json\x1e").starts_with("An unexpected error occurred during connection handshake.")
+        );
         assert_eq!(
             parse_request(&mut BytesMut::from(&b"{\"protocol\":\"messagepack\",\"version\":1}\x1e"[..]), 1024, false)
                 .unwrap_err()

@@ -90,9 +90,7 @@ pub fn parse_message(payload: &[u8]) -> Result<Option<HubMessage>, ProtocolError
             };
             HubMessage::Completion { invocation_id, outcome }
         }
-        5 => HubMessage::CancelInvocation {
-            invocation_id: required_string(&object, "invocationId")?,
-        },
+        5 => HubMessage::CancelInvocation { invocation_id: required_string(&object, "invocationId")? },
         6 => HubMessage::Ping,
         7 => HubMessage::Close {
             error: optional_string(&object, "error")?,
@@ -102,12 +100,8 @@ pub fn parse_message(payload: &[u8]) -> Result<Option<HubMessage>, ProtocolError
                 Some(_) => return Err(invalid("'allowReconnect' must be a boolean")),
             },
         },
-        8 => HubMessage::Ack {
-            sequence_id: required_u64(&object, "sequenceId")?,
-        },
-        9 => HubMessage::Sequence {
-            sequence_id: required_u64(&object, "sequenceId")?,
-        },
+        8 => HubMessage::Ack { sequence_id: required_u64(&object, "sequenceId")? },
+        9 => HubMessage::Sequence { sequence_id: required_u64(&object, "sequenceId")? },
         _ => return Ok(None),
     };
     Ok(Some(message))
@@ -245,10 +239,11 @@ mod tests {
 
     #[test]
     fn reads_properties_in_any_order_as_the_js_client_writes_them() {
-        let message =
-            parse_one("{\"arguments\":[\"abc\"],\"invocationId\":\"0\",\"target\":\"SubscribeToTask\",\"type\":1}\x1e")
-                .unwrap()
-                .unwrap();
+        let message = parse_one(
+            "{\"arguments\":[\"abc\"],\"invocationId\":\"0\",\"target\":\"SubscribeToTask\",\"type\":1}\x1e",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             message,
             HubMessage::Invocation(Invocation {
@@ -267,18 +262,26 @@ mod tests {
             b"{\"type\":7,\"allowReconnect\":true}\x1e"
         );
         assert_eq!(
-            &encode(&HubMessage::Completion { invocation_id: "1".into(), outcome: Outcome::Result(json!(42)) })
-                [..],
+            &encode(&HubMessage::Completion {
+                invocation_id: "1".into(),
+                outcome: Outcome::Result(json!(42))
+            })[..],
             b"{\"type\":3,\"invocationId\":\"1\",\"result\":42}\x1e"
         );
-        assert_eq!(&encode(&HubMessage::Ack { sequence_id: 1394 })[..], b"{\"type\":8,\"sequenceId\":1394}\x1e");
+        assert_eq!(
+            &encode(&HubMessage::Ack { sequence_id: 1394 })[..],
+            b"{\"type\":8,\"sequenceId\":1394}\x1e"
+        );
     }
 
     #[test]
     fn null_result_differs_from_no_result() {
         let with_null = parse_one("{\"type\":3,\"invocationId\":\"1\",\"result\":null}\x1e").unwrap();
         let without = parse_one("{\"type\":3,\"invocationId\":\"1\"}\x1e").unwrap();
-        assert!(matches!(with_null, Some(HubMessage::Completion { outcome: Outcome::Result(Value::Null), .. })));
+        assert!(matches!(
+            with_null,
+            Some(HubMessage::Completion { outcome: Outcome::Result(Value::Null), .. })
+        ));
         assert!(matches!(without, Some(HubMessage::Completion { outcome: Outcome::Void, .. })));
     }
 
@@ -306,8 +309,12 @@ mod tests {
             ("{\"type\":\"1\"}\x1e", |e| matches!(e, ProtocolError::InvalidMessage(_))),
             ("{\"type\":1,\"arguments\":[]}\x1e", |e| *e == ProtocolError::MissingProperty("target")),
             ("{\"type\":1,\"target\":\"x\"}\x1e", |e| *e == ProtocolError::MissingProperty("arguments")),
-            ("{\"type\":1,\"target\":\"x\",\"arguments\":{}}\x1e", |e| matches!(e, ProtocolError::InvalidMessage(_))),
-            ("{\"type\":1,\"target\":5,\"arguments\":[]}\x1e", |e| matches!(e, ProtocolError::InvalidMessage(_))),
+            ("{\"type\":1,\"target\":\"x\",\"arguments\":{}}\x1e", |e| {
+                matches!(e, ProtocolError::InvalidMessage(_))
+            }),
+            ("{\"type\":1,\"target\":5,\"arguments\":[]}\x1e", |e| {
+                matches!(e, ProtocolError::InvalidMessage(_))
+            }),
             ("{\"type\":4,\"target\":\"x\",\"arguments\":[]}\x1e", |e| {
                 *e == ProtocolError::MissingProperty("invocationId")
             }),

@@ -20,29 +20,14 @@ pub type Value = serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub enum HubMessage {
     Invocation(Invocation),
-    StreamItem {
-        invocation_id: String,
-        item: Value,
-    },
-    Completion {
-        invocation_id: String,
-        outcome: Outcome,
-    },
+    StreamItem { invocation_id: String, item: Value },
+    Completion { invocation_id: String, outcome: Outcome },
     StreamInvocation(Invocation),
-    CancelInvocation {
-        invocation_id: String,
-    },
+    CancelInvocation { invocation_id: String },
     Ping,
-    Close {
-        error: Option<String>,
-        allow_reconnect: bool,
-    },
-    Ack {
-        sequence_id: u64,
-    },
-    Sequence {
-        sequence_id: u64,
-    },
+    Close { error: Option<String>, allow_reconnect: bool },
+    Ack { sequence_id: u64 },
+    Sequence { sequence_id: u64 },
 }
 
 /// An Invocation or StreamInvocation. `invocation_id` is `None` for fire-and-forget invocations, which
@@ -161,11 +146,7 @@ pub struct EncodedMessage {
 
 impl EncodedMessage {
     pub fn new(message: HubMessage) -> Self {
-        Self {
-            message,
-            json: std::sync::OnceLock::new(),
-            msgpack: std::sync::OnceLock::new(),
-        }
+        Self { message, json: std::sync::OnceLock::new(), msgpack: std::sync::OnceLock::new() }
     }
 
     pub fn message(&self) -> &HubMessage {
@@ -210,48 +191,23 @@ mod tests {
                 arguments: vec![],
                 stream_ids: vec!["s1".into()],
             }),
-            HubMessage::StreamItem {
-                invocation_id: "2".into(),
-                item: json!({"x": "y"}),
-            },
-            HubMessage::Completion {
-                invocation_id: "3".into(),
-                outcome: Outcome::Void,
-            },
-            HubMessage::Completion {
-                invocation_id: "4".into(),
-                outcome: Outcome::Result(Value::Null),
-            },
-            HubMessage::Completion {
-                invocation_id: "5".into(),
-                outcome: Outcome::Result(json!([1, "two"])),
-            },
-            HubMessage::Completion {
-                invocation_id: "6".into(),
-                outcome: Outcome::Error("boom".into()),
-            },
+            HubMessage::StreamItem { invocation_id: "2".into(), item: json!({"x": "y"}) },
+            HubMessage::Completion { invocation_id: "3".into(), outcome: Outcome::Void },
+            HubMessage::Completion { invocation_id: "4".into(), outcome: Outcome::Result(Value::Null) },
+            HubMessage::Completion { invocation_id: "5".into(), outcome: Outcome::Result(json!([1, "two"])) },
+            HubMessage::Completion { invocation_id: "6".into(), outcome: Outcome::Error("boom".into()) },
             HubMessage::StreamInvocation(Invocation {
                 invocation_id: Some("8".into()),
                 target: "Counter".into(),
                 arguments: vec![json!(10)],
                 stream_ids: vec![],
             }),
-            HubMessage::CancelInvocation {
-                invocation_id: "8".into(),
-            },
+            HubMessage::CancelInvocation { invocation_id: "8".into() },
             HubMessage::Ping,
-            HubMessage::Close {
-                error: None,
-                allow_reconnect: false,
-            },
-            HubMessage::Close {
-                error: Some("Token expired".into()),
-                allow_reconnect: true,
-            },
+            HubMessage::Close { error: None, allow_reconnect: false },
+            HubMessage::Close { error: Some("Token expired".into()), allow_reconnect: true },
             HubMessage::Ack { sequence_id: 1394 },
-            HubMessage::Sequence {
-                sequence_id: 1_234_567_890_123,
-            },
+            HubMessage::Sequence { sequence_id: 1_234_567_890_123 },
         ]
     }
 
@@ -271,10 +227,7 @@ mod tests {
     fn coalesced_and_split_frames_yield_every_message_in_order() {
         for protocol in Protocol::ALL {
             let messages = all_messages();
-            let stream: Vec<u8> = messages
-                .iter()
-                .flat_map(|m| protocol.encode(m).to_vec())
-                .collect();
+            let stream: Vec<u8> = messages.iter().flat_map(|m| protocol.encode(m).to_vec()).collect();
             // Feed the whole stream in chunks of every size from one byte to all of it at once.
             for chunk_size in [1, 2, 3, 7, 64, stream.len()] {
                 let mut buffer = BytesMut::new();

@@ -18,7 +18,9 @@ fn read_length(buffer: &[u8]) -> Result<Option<(usize, usize)>, ProtocolError> {
             return Ok(Some((length, i + 1)));
         }
         if i == 4 {
-            return Err(ProtocolError::InvalidMessagePack("message length prefix is longer than 5 bytes".into()));
+            return Err(ProtocolError::InvalidMessagePack(
+                "message length prefix is longer than 5 bytes".into(),
+            ));
         }
     }
     Ok(None)
@@ -76,8 +78,8 @@ pub fn parse_message(mut body: &[u8]) -> Result<Option<HubMessage>, ProtocolErro
     let message = match kind {
         1 | 4 => {
             let _headers = next("headers")?;
-            let invocation_id = optional_string(next("invocationId")?, "invocationId")?
-                .filter(|id| !id.is_empty());
+            let invocation_id =
+                optional_string(next("invocationId")?, "invocationId")?.filter(|id| !id.is_empty());
             let target = required_string(next("target")?, "target")?;
             let arguments = match next("arguments")? {
                 Mp::Array(arguments) => arguments.into_iter().map(to_json).collect::<Result<_, _>>()?,
@@ -86,10 +88,9 @@ pub fn parse_message(mut body: &[u8]) -> Result<Option<HubMessage>, ProtocolErro
             // Stream ids were added after the first version of the protocol; old clients leave them out.
             let stream_ids = match next("streamIds") {
                 Err(_) | Ok(Mp::Nil) => Vec::new(),
-                Ok(Mp::Array(ids)) => ids
-                    .into_iter()
-                    .map(|id| required_string(id, "streamIds"))
-                    .collect::<Result<_, _>>()?,
+                Ok(Mp::Array(ids)) => {
+                    ids.into_iter().map(|id| required_string(id, "streamIds")).collect::<Result<_, _>>()?
+                }
                 Ok(_) => return Err(invalid("streamIds must be an array")),
             };
             let invocation = Invocation { invocation_id, target, arguments, stream_ids };
@@ -136,8 +137,9 @@ pub fn parse_message(mut body: &[u8]) -> Result<Option<HubMessage>, ProtocolErro
             HubMessage::Close { error, allow_reconnect }
         }
         8 | 9 => {
-            let sequence_id =
-                next("sequenceId")?.as_u64().ok_or_else(|| invalid("sequenceId must be a non-negative integer"))?;
+            let sequence_id = next("sequenceId")?
+                .as_u64()
+                .ok_or_else(|| invalid("sequenceId must be a non-negative integer"))?;
             if kind == 8 {
                 HubMessage::Ack { sequence_id }
             } else {
@@ -216,7 +218,9 @@ fn from_json(value: &Value) -> Mp {
         }
         Value::String(s) => Mp::from(s.as_str()),
         Value::Array(items) => Mp::Array(items.iter().map(from_json).collect()),
-        Value::Object(map) => Mp::Map(map.iter().map(|(k, v)| (Mp::from(k.as_str()), from_json(v))).collect()),
+        Value::Object(map) => {
+            Mp::Map(map.iter().map(|(k, v)| (Mp::from(k.as_str()), from_json(v))).collect())
+        }
     }
 }
 
@@ -283,7 +287,8 @@ mod tests {
         );
         let invocation = [
             // The protocol notes print 0x10 here, but the body is 17 bytes long.
-            0x11, 0x96, 0x01, 0x80, 0xa3, 0x78, 0x79, 0x7a, 0xa6, 0x6d, 0x65, 0x74, 0x68, 0x6f, 0x64, 0x91, 0x2a, 0x90,
+            0x11, 0x96, 0x01, 0x80, 0xa3, 0x78, 0x79, 0x7a, 0xa6, 0x6d, 0x65, 0x74, 0x68, 0x6f, 0x64, 0x91,
+            0x2a, 0x90,
         ];
         let mut buffer = BytesMut::from(&invocation[..]);
         assert_eq!(
@@ -308,10 +313,7 @@ mod tests {
     fn reads_the_shorter_forms_older_clients_send() {
         // Invocation without stream ids (5 elements) and Close without allowReconnect (2 elements).
         let mut buffer = BytesMut::new();
-        for body in [
-            vec![0x95, 0x01, 0x80, 0xc0, 0xa1, b'm', 0x90],
-            vec![0x92, 0x07, 0xa1, b'e'],
-        ] {
+        for body in [vec![0x95, 0x01, 0x80, 0xc0, 0xa1, b'm', 0x90], vec![0x92, 0x07, 0xa1, b'e']] {
             buffer.extend_from_slice(&[body.len() as u8]);
             buffer.extend_from_slice(&body);
         }
@@ -343,14 +345,14 @@ mod tests {
     #[test]
     fn rejects_malformed_input() {
         let cases: &[&[u8]] = &[
-            &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01],   // six-byte prefix
-            &[0x01, 0xc1],                          // reserved byte
-            &[0x02, 0x81, 0x01],                    // a map, truncated
-            &[0x01, 0x06],                          // not an array
-            &[0x02, 0x91, 0xa1],                    // type is not an integer (truncated string)
-            &[0x03, 0x92, 0x01, 0x80],              // invocation missing fields
-            &[0x04, 0x93, 0x03, 0x80, 0xa1],        // completion, truncated id
-            &[0x03, 0x91, 0x06, 0x06],              // trailing bytes inside the body
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01],       // six-byte prefix
+            &[0x01, 0xc1],                               // reserved byte
+            &[0x02, 0x81, 0x01],                         // a map, truncated
+            &[0x01, 0x06],                               // not an array
+            &[0x02, 0x91, 0xa1],                         // type is not an integer (truncated string)
+            &[0x03, 0x92, 0x01, 0x80],                   // invocation missing fields
+            &[0x04, 0x93, 0x03, 0x80, 0xa1],             // completion, truncated id
+            &[0x03, 0x91, 0x06, 0x06],                   // trailing bytes inside the body
             &[0x06, 0x95, 0x01, 0x80, 0xc0, 0x05, 0x90], // target is not a string
         ];
         for case in cases {

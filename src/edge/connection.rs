@@ -1,0 +1,238 @@
+//! One client connection as the rest of the server sees it: its protocol, its scope and its outbound queue.
+//!
+//! The queue is the only thing fan-out touches per connection: an unbounded lock-free channel plus an
+//! atomic byte count, so delivering an event is a reference-count increment, an atomic add and a channel
+//! push. The byte count is the bound: a connection that lets more than `limit` bytes pile up is closed as
+//! a slow consumer instead of slowing anyone else down.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::groups::Scope;
+use crate::protocol::{HubMessage, Protocol};
+
+pub type ConnectionId = u64;
+
+/// What the transport writer takes from the queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Encoded messages, framing included.
+    Frame(Bytes),
+    /// Write `last` (a Close message or a handshake refusal) if present, then close the transport.
+    Close { last: Option<Bytes> },
+}
+
+/// Why the server ends a connection; each maps to the Close message the client receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent Close, or went away.
+    ClientClosed,
+    /// Shutdown or drain: the client should reconnect elsewhere.
+    ServerShutdown,
+    ProtocolError,
+    ClientTimeout,
+    TokenExpired,
+    SlowConsumer,
+    /// The handshake was refused; the response is already encoded.
+    HandshakeFailed(Bytes),
+}
+
+impl CloseReason {
+    pub fn message(&self) -> Option<HubMessage> {
+        let close = |error: Option<&str>, allow_reconnect| {
+            Some(HubMessage::Close { error: error.map(str::to_owned), allow_reconnect })
+        };
+        match self {
+            CloseReason::ClientClosed => close(None, false),
+            CloseReason::ServerShutdown => close(None, true),
+            CloseReason::ProtocolError | CloseReason::ClientTimeout => {
+                close(Some("Connection closed with an error."), true)
+            }
+            CloseReason::TokenExpired => close(Some("Token expired"), true),
+            CloseReason::SlowConsumer => close(Some("Slow consumer"), true),
+            CloseReason::HandshakeFailed(_) => None,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::ClientTimeout => "client_timeout",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::HandshakeFailed(_) => "handshake_failed",
+        }
+    }
+}
+
+pub struct Connection {
+    pub id: ConnectionId,
+    /// The public connection id of negotiate, for logs and hub code.
+    pub public_id: Box<str>,
+    pub hub: &'static str,
+    pub scope: Scope,
+    protocol: OnceLock<Protocol>,
+    queue: mpsc::UnboundedSender<Outbound>,
+    queued_bytes: AtomicUsize,
+    limit: usize,
+    closing: AtomicBool,
+    close_reason: OnceLock<CloseReason>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("id", &self.public_id).field("hub", &self.hub).finish()
+    }
+}
+
+impl Connection {
+    /// A connection and the receiving end of its queue, which goes to the transport's writer.
+    pub fn new(
+        id: ConnectionId,
+        public_id: Box<str>,
+        hub: &'static str,
+        scope: Scope,
+        limit: usize,
+    ) -> (Self, mpsc::UnboundedReceiver<Outbound>) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let connection = Self {
+            id,
+            public_id,
+            hub,
+            scope,
+            protocol: OnceLock::new(),
+            queue,
+            queued_bytes: AtomicUsize::new(0),
+            limit,
+            closing: AtomicBool::new(false),
+            close_reason: OnceLock::new(),
+            closed: CancellationToken::new(),
+        };
+        (connection, receiver)
+    }
+
+    /// The protocol agreed in the handshake; set once, before the connection joins any group.
+    pub fn set_protocol(&self, protocol: Protocol) {
+        let _ = self.protocol.set(protocol);
+    }
+
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.protocol.get().copied()
+    }
+
+    /// Queues encoded bytes. Returns false when the connection is closing or was just closed for letting
+    /// its queue grow past the limit.
+    pub fn send(&self, frame: Bytes) -> bool {
+        if self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let len = frame.len();
+        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.limit {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.close(CloseReason::SlowConsumer);
+            return false;
+        }
+        self.queue.send(Outbound::Frame(frame)).is_ok()
+    }
+
+    /// Queues one message in this connection's protocol.
+    pub fn send_message(&self, message: &HubMessage) -> bool {
+        match self.protocol() {
+            Some(protocol) => self.send(protocol.encode(message)),
+            None => false,
+        }
+    }
+
+    /// The writer reports bytes it has written, freeing room in the bound.
+    pub fn written(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Ends the connection: the first reason wins, later calls do nothing. The Close message goes behind
+    /// what is already queued, so a client reads every event sent before it.
+    pub fn close(&self, reason: CloseReason) {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let last = match &reason {
+            CloseReason::HandshakeFailed(response) => Some(response.clone()),
+            other => {
+                other.message().zip(self.protocol()).map(|(message, protocol)| protocol.encode(&message))
+            }
+        };
+        let _ = self.close_reason.set(reason);
+        let _ = self.queue.send(Outbound::Close { last });
+        self.closed.cancel();
+    }
+
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.get()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once `close` has been called, whoever called it.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(limit: usize) -> (Connection, mpsc::UnboundedReceiver<Outbound>) {
+        Connection::new(1, "c1".into(), "tasks", Scope::Admin, limit)
+    }
+
+    #[test]
+    fn bounds_the_queue_in_bytes_and_closes_a_slow_consumer() {
+        let (connection, mut receiver) = connection(10);
+        connection.set_protocol(Protocol::Json);
+        assert!(connection.send(Bytes::from_static(b"123456")));
+        assert!(!connection.send(Bytes::from_static(b"123456")), "the second frame passes the bound");
+        assert_eq!(connection.close_reason(), Some(&CloseReason::SlowConsumer));
+        assert!(matches!(receiver.try_recv(), Ok(Outbound::Frame(f)) if f.len() == 6));
+        match receiver.try_recv() {
+            Ok(Outbound::Close { last: Some(last) }) => {
+                assert_eq!(&last[..], b"{\"type\":7,\"error\":\"Slow consumer\",\"allowReconnect\":true}\x1e")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!connection.send(Bytes::from_static(b"1")), "nothing is queued after the close");
+    }
+
+    #[test]
+    fn written_bytes_free_room() {
+        let (connection, _receiver) = connection(10);
+        assert!(connection.send(Bytes::from_static(b"12345678")));
+        connection.written(8);
+        assert!(connection.send(Bytes::from_static(b"12345678")));
+        assert_eq!(connection.queued_bytes(), 8);
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let (connection, mut receiver) = connection(10);
+        connection.close(CloseReason::TokenExpired);
+        connection.close(CloseReason::SlowConsumer);
+        assert_eq!(connection.close_reason(), Some(&CloseReason::TokenExpired));
+        assert!(matches!(receiver.try_recv(), Ok(Outbound::Close { .. })));
+        assert!(receiver.try_recv().is_err(), "one Close only");
+    }
+}

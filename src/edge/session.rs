@@ -1,0 +1,310 @@
+//! One connection's life after its transport is up: handshake, then messages until one side ends it.
+//!
+//! The session reads raw bytes from any transport (a stream of WebSocket payloads or of long-poll POST
+//! bodies) and writes only through the connection's queue, so the same code serves every transport.
+//! Invocations run one at a time, in order, as in ASP.NET Core.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::time::{sleep, sleep_until, Instant};
+
+use super::connection::{CloseReason, Connection};
+use super::Edge;
+use crate::auth::Principal;
+use crate::hubs::{Arguments, Caller, Hub, HubError};
+use crate::protocol::handshake::{self, HandshakeError};
+use crate::protocol::{HubMessage, Invocation, Outcome};
+
+/// An idle connection's read buffer is dropped once it grows past this, so one large message does not
+/// pin memory for the rest of a long-lived connection.
+const RETAINED_BUFFER: usize = 4096;
+
+pub struct Session {
+    pub edge: Arc<Edge>,
+    pub hub: Arc<dyn Hub>,
+    pub connection: Arc<Connection>,
+    pub principal: Principal,
+    /// False for transports that carry text only (Server-Sent Events).
+    pub binary_transport: bool,
+}
+
+impl Session {
+    /// Runs the connection to its end and cleans up after it. Returns why it ended.
+    pub async fn run<S>(self, mut inbound: S) -> CloseReason
+    where
+        S: Stream<Item = Bytes> + Unpin,
+    {
+        let mut caller =
+            Caller::new(self.principal.clone(), Arc::clone(&self.connection), Arc::clone(&self.edge.groups));
+        let reason = self.serve(&mut caller, &mut inbound).await;
+        self.connection.close(reason);
+        caller.leave_all();
+        let reason = self.connection.close_reason().cloned().unwrap_or(CloseReason::ClientClosed);
+        tracing::info!(
+            target: "audit",
+            hub = self.hub.name(),
+            connection = %self.connection.public_id,
+            scope = ?self.connection.scope,
+            reason = reason.label(),
+            "disconnected"
+        );
+        reason
+    }
+
+    async fn serve<S>(&self, caller: &mut Caller, inbound: &mut S) -> CloseReason
+    where
+        S: Stream<Item = Bytes> + Unpin,
+    {
+        let config = &self.edge.config;
+        let max_message_size = config.limits.max_message_size;
+        let mut buffer = BytesMut::new();
+
+        let handshake_deadline = Instant::now() + config.signalr.handshake_timeout;
+        let agreed = loop {
+            let chunk = tokio::select! {
+                chunk = inbound.next() => chunk,
+                _ = sleep_until(handshake_deadline) => {
+                    return CloseReason::HandshakeFailed(handshake::response(Some(&HandshakeError::Canceled)));
+                }
+                _ = self.connection.closed() => return CloseReason::ServerShutdown,
+            };
+            let Some(chunk) = chunk else { return CloseReason::ClientClosed };
+            buffer.extend_from_slice(&chunk);
+            match handshake::parse_request(&mut buffer, max_message_size, self.binary_transport) {
+                Ok(Some(agreed)) => break agreed,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(connection = %self.connection.public_id, %error, "handshake refused");
+                    return CloseReason::HandshakeFailed(handshake::response(Some(&error)));
+                }
+            }
+        };
+        let protocol = agreed.protocol;
+        self.connection.set_protocol(protocol);
+        self.connection.send(handshake::response(None));
+        self.hub.on_connected(caller);
+        tracing::info!(
+            target: "audit",
+            hub = self.hub.name(),
+            connection = %self.connection.public_id,
+            scope = ?self.connection.scope,
+            protocol = protocol.name(),
+            version = agreed.version,
+            "connected"
+        );
+
+        let mut rate_limit =
+            TokenBucket::new(config.limits.invocations_per_second, config.limits.invocation_burst);
+        let client_timeout = sleep(config.signalr.client_timeout);
+        tokio::pin!(client_timeout);
+        let expiry = token_expiry(&self.principal);
+        tokio::pin!(expiry);
+
+        loop {
+            loop {
+                match protocol.parse(&mut buffer, max_message_size) {
+                    Ok(Some(message)) => {
+                        if let Some(reason) = self.dispatch(caller, &mut rate_limit, message).await {
+                            return reason;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::info!(connection = %self.connection.public_id, %error, "closing on a protocol error");
+                        return CloseReason::ProtocolError;
+                    }
+                }
+            }
+            if buffer.is_empty() && buffer.capacity() > RETAINED_BUFFER {
+                buffer = BytesMut::new();
+            }
+            tokio::select! {
+                chunk = inbound.next() => match chunk {
+                    Some(chunk) => {
+                        buffer.extend_from_slice(&chunk);
+                        client_timeout.as_mut().reset(Instant::now() + config.signalr.client_timeout);
+                    }
+                    None => return CloseReason::ClientClosed,
+                },
+                _ = &mut client_timeout => return CloseReason::ClientTimeout,
+                _ = &mut expiry => return CloseReason::TokenExpired,
+                _ = self.connection.closed() => return CloseReason::ServerShutdown,
+            }
+        }
+    }
+
+    /// Handles one message; `Some` ends the connection.
+    async fn dispatch(
+        &self,
+        caller: &mut Caller,
+        rate_limit: &mut TokenBucket,
+        message: HubMessage,
+    ) -> Option<CloseReason> {
+        match message {
+            HubMessage::Invocation(invocation) => self.invoke(caller, rate_limit, invocation, false).await,
+            HubMessage::StreamInvocation(invocation) => {
+                self.invoke(caller, rate_limit, invocation, true).await
+            }
+            HubMessage::Close { .. } => return Some(CloseReason::ClientClosed),
+            // No hub method streams or takes streams, and there are no client results to wait for, so
+            // stream items, completions and cancellations have nothing to act on. Pings only reset the
+            // client timeout, which any message does.
+            HubMessage::StreamItem { .. }
+            | HubMessage::Completion { .. }
+            | HubMessage::CancelInvocation { .. }
+            | HubMessage::Ping
+            | HubMessage::Ack { .. }
+            | HubMessage::Sequence { .. } => {}
+        }
+        None
+    }
+
+    async fn invoke(
+        &self,
+        caller: &mut Caller,
+        rate_limit: &mut TokenBucket,
+        invocation: Invocation,
+        streaming: bool,
+    ) {
+        let target = invocation.target;
+        let outcome = match self.hub.resolve(&target) {
+            None => Err(HubError::MethodNotFound),
+            Some(_) if streaming => {
+                self.complete(
+                    invocation.invocation_id,
+                    Outcome::Error(format!(
+                        "The client attempted to invoke the non-streaming '{target}' method with a streaming invocation."
+                    )),
+                );
+                return;
+            }
+            Some(_) if !invocation.stream_ids.is_empty() => Err(HubError::refused(format!(
+                "Client sent {} stream(s), Hub method expects 0.",
+                invocation.stream_ids.len()
+            ))),
+            Some(_) if !rate_limit.try_take() => {
+                Err(HubError::refused("Rate limit exceeded. Please try again later."))
+            }
+            Some(method) => self.hub.invoke(caller, method, Arguments(invocation.arguments)).await,
+        };
+        let outcome = match outcome {
+            Ok(None) => Outcome::Void,
+            Ok(Some(value)) => Outcome::Result(value),
+            Err(error) => {
+                let text = error_text(&target, &error);
+                match &error {
+                    HubError::Internal(detail) => {
+                        tracing::error!(hub = self.hub.name(), %target, ?detail, "hub method failed")
+                    }
+                    HubError::Refused(_) => tracing::info!(
+                        target: "audit",
+                        hub = self.hub.name(),
+                        connection = %self.connection.public_id,
+                        method = %target,
+                        reason = %error,
+                        "refused"
+                    ),
+                    _ => tracing::debug!(hub = self.hub.name(), %target, %error, "invocation failed"),
+                }
+                Outcome::Error(text)
+            }
+        };
+        self.complete(invocation.invocation_id, outcome);
+    }
+
+    /// Sends the Completion, unless the invocation was fire-and-forget.
+    fn complete(&self, invocation_id: Option<String>, outcome: Outcome) {
+        if let Some(invocation_id) = invocation_id {
+            self.connection.send_message(&HubMessage::Completion { invocation_id, outcome });
+        }
+    }
+}
+
+/// The error text a client sees, worded as ASP.NET Core words it.
+pub fn error_text(target: &str, error: &HubError) -> String {
+    match error {
+        HubError::MethodNotFound => {
+            format!("Failed to invoke '{target}' due to an error on the server. HubException: Method does not exist.")
+        }
+        HubError::Binding(_) => format!("Failed to invoke '{target}' due to an error on the server."),
+        HubError::Refused(message) => {
+            format!("An unexpected error occurred invoking '{target}' on the server. HubException: {message}")
+        }
+        HubError::Internal(_) => format!("An unexpected error occurred invoking '{target}' on the server."),
+    }
+}
+
+/// Resolves when the credential expires; never for credentials without expiry (the master key).
+async fn token_expiry(principal: &Principal) {
+    match principal.expires_at() {
+        Some(expires_at) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            sleep(Duration::from_secs(expires_at.saturating_sub(now))).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Per-connection invocation limit: `rate` tokens a second, at most `burst` saved up.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self { rate, burst, tokens: burst, updated: Instant::now() }
+    }
+
+    fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.updated).as_secs_f64() * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts_match_aspnet_core() {
+        assert_eq!(
+            error_text("Nope", &HubError::MethodNotFound),
+            "Failed to invoke 'Nope' due to an error on the server. HubException: Method does not exist."
+        );
+        assert_eq!(
+            error_text("SubscribeToTask", &HubError::Binding("detail".into())),
+            "Failed to invoke 'SubscribeToTask' due to an error on the server."
+        );
+        assert_eq!(
+            error_text("SubscribeToTask", &HubError::refused("Invalid task ID")),
+            "An unexpected error occurred invoking 'SubscribeToTask' on the server. HubException: Invalid task ID"
+        );
+        assert_eq!(
+            error_text("X", &HubError::Internal(anyhow::anyhow!("secret detail"))),
+            "An unexpected error occurred invoking 'X' on the server."
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_the_burst_then_the_rate() {
+        let mut bucket = TokenBucket::new(10.0, 20);
+        assert_eq!((0..25).filter(|_| bucket.try_take()).count(), 20);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!((0..25).filter(|_| bucket.try_take()).count(), 5);
+    }
+}

@@ -1,0 +1,218 @@
+//! The hub framework, and one module per hub.
+//!
+//! A hub lists its client-callable methods and implements them against a [`Caller`]: bind the arguments,
+//! join or leave groups, return a value or refuse with a message. Hubs never see transports, frames or
+//! protocols; the session turns their results into Completion messages and error texts.
+
+pub mod tasks;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{KeyId, Principal};
+use crate::edge::connection::Connection;
+use crate::edge::groups::{GroupKey, Groups, Scope};
+use crate::protocol::{HubMessage, Value};
+
+/// Who may connect to a hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    VirtualKey,
+    Admin,
+}
+
+/// How an invocation can fail. The session turns each into the text ASP.NET Core would send.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// No client-callable method by that name.
+    #[error("Method does not exist.")]
+    MethodNotFound,
+    /// Arguments of the wrong number or types; the detail goes to the log only.
+    #[error("{0}")]
+    Binding(String),
+    /// The hub refused, like a thrown HubException: the client sees this message.
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else; the client sees a generic message, the log the detail.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl HubError {
+    pub fn refused(message: impl Into<String>) -> Self {
+        HubError::Refused(message.into())
+    }
+}
+
+/// What a method returns: `None` for void.
+pub type HubResult = Result<Option<Value>, HubError>;
+
+/// Invocation arguments as received, bound to typed parameters on demand.
+#[derive(Debug)]
+pub struct Arguments(pub Vec<Value>);
+
+impl Arguments {
+    /// Binds the arguments to a tuple of parameter types: `let (task_id,): (String,) = args.bind()?;`.
+    /// Wrong counts and wrong types are binding errors, as in ASP.NET Core.
+    pub fn bind<T: DeserializeOwned>(self) -> Result<T, HubError> {
+        let count = self.0.len();
+        serde_json::from_value(Value::Array(self.0))
+            .map_err(|e| HubError::Binding(format!("{count} argument(s) do not bind: {e}")))
+    }
+}
+
+/// The calling connection, as a hub method sees it.
+pub struct Caller {
+    principal: Principal,
+    connection: Arc<Connection>,
+    groups: Arc<Groups>,
+    joined: HashSet<Box<str>>,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, connection: Arc<Connection>, groups: Arc<Groups>) -> Self {
+        Self { principal, connection, groups, joined: HashSet::new() }
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The virtual key of a tenant connection.
+    pub fn key_id(&self) -> Option<&KeyId> {
+        match &self.connection.scope {
+            Scope::Tenant(key) => Some(key),
+            Scope::Admin => None,
+        }
+    }
+
+    pub fn connection_id(&self) -> &str {
+        &self.connection.public_id
+    }
+
+    fn group_key(&self, name: &str) -> GroupKey {
+        GroupKey { hub: self.connection.hub, scope: self.connection.scope.clone(), name: name.into() }
+    }
+
+    /// Joins a group of this connection's own scope. Joining twice is harmless.
+    pub fn join(&mut self, name: &str) {
+        if self.joined.insert(name.into()) {
+            self.groups.join(self.group_key(name), &self.connection);
+        }
+    }
+
+    /// Leaves a group; leaving one never joined is harmless, as in ASP.NET Core.
+    pub fn leave(&mut self, name: &str) {
+        if self.joined.remove(name) {
+            self.groups.leave(&self.group_key(name), self.connection.id);
+        }
+    }
+
+    pub fn is_member(&self, name: &str) -> bool {
+        self.joined.contains(name)
+    }
+
+    /// Sends an event to this connection only.
+    pub fn send(&self, target: &str, arguments: Vec<Value>) {
+        self.connection.send_message(&HubMessage::event(target, arguments));
+    }
+
+    /// Leaves every group; the session calls this when the connection ends.
+    pub fn leave_all(&mut self) {
+        for name in std::mem::take(&mut self.joined) {
+            self.groups.leave(&self.group_key(&name), self.connection.id);
+        }
+    }
+}
+
+/// One hub. Implementations are short: the method list, the connect hook, and the methods.
+pub trait Hub: Send + Sync + 'static {
+    /// The hub's name of the contract (`tasks`), also its path under `/hubs/`.
+    fn name(&self) -> &'static str;
+
+    fn audience(&self) -> Audience;
+
+    /// Client-callable methods, spelled as clients see them; calls match case-insensitively.
+    fn methods(&self) -> &'static [&'static str];
+
+    /// Runs once the handshake is done. By default every tenant connection joins `vkey-{id}` and every
+    /// admin connection joins `admin`.
+    fn on_connected(&self, caller: &mut Caller) {
+        match caller.key_id().map(|key| format!("vkey-{key}")) {
+            Some(group) => caller.join(&group),
+            None => caller.join("admin"),
+        }
+    }
+
+    /// Runs one method; `method` is one of [`Hub::methods`], in that spelling.
+    fn invoke<'a>(
+        &'a self,
+        caller: &'a mut Caller,
+        method: &'static str,
+        args: Arguments,
+    ) -> BoxFuture<'a, HubResult>;
+
+    /// The canonical spelling of a client's method name, if the hub has such a method.
+    fn resolve(&self, target: &str) -> Option<&'static str> {
+        self.methods().iter().copied().find(|m| m.eq_ignore_ascii_case(target))
+    }
+
+    fn path(&self) -> String {
+        format!("/hubs/{}", self.name())
+    }
+}
+
+/// Every hub this server serves.
+pub fn all() -> Vec<Arc<dyn Hub>> {
+    vec![Arc::new(tasks::TasksHub)]
+}
+
+/// The contract's id rule for task ids, task types, request ids and provider names: 1 to 128 characters
+/// of `[A-Za-z0-9_:-]`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+}
+
+/// Binds a single id argument and validates it, refusing with `refusal` (`Invalid task ID`) otherwise.
+pub fn bind_id(args: Arguments, refusal: &str) -> Result<String, HubError> {
+    let (id,): (String,) = args.bind()?;
+    if valid_id(&id) {
+        Ok(id)
+    } else {
+        Err(HubError::refused(refusal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn binding_checks_count_and_types() {
+        let (s, n): (String, u8) = Arguments(vec![json!("a"), json!(5)]).bind().unwrap();
+        assert_eq!((s.as_str(), n), ("a", 5));
+        assert!(matches!(Arguments(vec![]).bind::<(String,)>(), Err(HubError::Binding(_))));
+        assert!(matches!(
+            Arguments(vec![json!("a"), json!("b")]).bind::<(String,)>(),
+            Err(HubError::Binding(_))
+        ));
+        assert!(matches!(Arguments(vec![json!(1)]).bind::<(String,)>(), Err(HubError::Binding(_))));
+    }
+
+    #[test]
+    fn ids_follow_the_contract_rule() {
+        assert!(valid_id("task:abc_1-2"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"a".repeat(129)));
+        assert!(!valid_id("a b"));
+        assert!(!valid_id("a/b"));
+        assert!(
+            matches!(bind_id(Arguments(vec![json!("x y")]), "Invalid task ID"), Err(HubError::Refused(m)) if m == "Invalid task ID")
+        );
+    }
+}

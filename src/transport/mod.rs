@@ -1,0 +1,154 @@
+//! SignalR transports over HTTP: negotiate, then the transport request for each hub path.
+
+pub mod negotiate;
+pub mod websocket;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::auth::{AuthError, Principal};
+use crate::edge::Edge;
+use crate::hubs::{Audience, Hub};
+use negotiate::{random_id, ClaimError, ConnectionTable};
+
+/// What transport handlers share.
+#[derive(Clone)]
+pub struct TransportState {
+    pub edge: Arc<Edge>,
+    pub connections: Arc<ConnectionTable>,
+}
+
+/// Routes `{hub}/negotiate` and `{hub}` for every hub.
+pub fn routes(state: TransportState) -> Router {
+    let mut router = Router::new();
+    for hub in state.edge.hubs.clone() {
+        let path = hub.path();
+        let negotiate_hub = Arc::clone(&hub);
+        router = router
+            .route(
+                &format!("{path}/negotiate"),
+                post(
+                    move |State(state): State<TransportState>,
+                          RawQuery(query): RawQuery,
+                          headers: HeaderMap| {
+                        let hub = Arc::clone(&negotiate_hub);
+                        async move {
+                            negotiate::negotiate(state, hub, parse_query(query.as_deref()), headers).await
+                        }
+                    },
+                ),
+            )
+            .route(
+                &path,
+                get(
+                    move |State(state): State<TransportState>,
+                          RawQuery(query): RawQuery,
+                          headers: HeaderMap,
+                          upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
+                        let hub = Arc::clone(&hub);
+                        async move { connect(state, hub, parse_query(query.as_deref()), headers, upgrade) }
+                    },
+                ),
+            );
+    }
+    router.with_state(state)
+}
+
+/// Query parameters with lower-cased keys: SignalR reads them case-insensitively.
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(key, value)| (key.to_ascii_lowercase(), value.into_owned()))
+        .collect()
+}
+
+/// Authenticates a request for `hub`: 401 without valid credentials, 403 for the wrong kind.
+pub fn authorize(
+    edge: &Edge,
+    hub: &dyn Hub,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
+    let principal = edge.auth.authenticate_request(query, headers).map_err(|error| {
+        let level_message = match error {
+            AuthError::Missing => "missing credentials",
+            AuthError::Expired => "expired token",
+            AuthError::Invalid(_) => "invalid credentials",
+        };
+        tracing::info!(target: "audit", hub = hub.name(), %error, "refused: {level_message}");
+        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], error.to_string()).into_response()
+    })?;
+    let allowed = matches!(
+        (hub.audience(), &principal),
+        (Audience::VirtualKey, Principal::VirtualKey(_)) | (Audience::Admin, Principal::Admin { .. })
+    );
+    if !allowed {
+        tracing::info!(target: "audit", hub = hub.name(), "refused: credential of the wrong kind for this hub");
+        let needs = match hub.audience() {
+            Audience::VirtualKey => "a virtual key token",
+            Audience::Admin => "the master key or an admin token",
+        };
+        return Err((StatusCode::FORBIDDEN, format!("the {} hub needs {needs}", hub.name())).into_response());
+    }
+    Ok(principal)
+}
+
+/// `GET {hub}`: the transport request.
+fn connect(
+    state: TransportState,
+    hub: Arc<dyn Hub>,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal,
+    };
+    let token = query.get("id").cloned();
+    let Ok(upgrade) = upgrade else {
+        return match token {
+            None => (StatusCode::BAD_REQUEST, "Connection ID required").into_response(),
+            Some(_) => (StatusCode::BAD_REQUEST, "This server accepts WebSocket transport requests only")
+                .into_response(),
+        };
+    };
+    let connection_id = match &token {
+        // skipNegotiation: the connection starts here.
+        None => random_id(),
+        Some(token) => match state.connections.claim(token, hub.name(), &principal) {
+            Ok(negotiated) => negotiated.connection_id,
+            Err(ClaimError::NotFound) => {
+                return (StatusCode::NOT_FOUND, "No Connection with that ID").into_response()
+            }
+            Err(ClaimError::AlreadyActive) => {
+                return (StatusCode::CONFLICT, "Connection already has an active transport").into_response()
+            }
+            Err(ClaimError::WrongParty) => {
+                return (StatusCode::FORBIDDEN, "The connection belongs to another credential")
+                    .into_response()
+            }
+        },
+    };
+    websocket::upgrade(state, upgrade, websocket::Accepted { hub, principal, connection_id, token })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_keys_are_case_insensitive_and_values_decoded() {
+        let query = parse_query(Some("negotiateVersion=1&access_token=a%2Bb%3D&ID=x"));
+        assert_eq!(query.get("negotiateversion").map(String::as_str), Some("1"));
+        assert_eq!(query.get("access_token").map(String::as_str), Some("a+b="));
+        assert_eq!(query.get("id").map(String::as_str), Some("x"));
+    }
+}

@@ -1,0 +1,226 @@
+//! The WebSockets transport: a reader feeding the session and a writer draining the connection's queue.
+//!
+//! The writer batches: it takes whatever is queued when it wakes, up to [`BATCH_BYTES`], and writes it as
+//! one WebSocket message with one flush. Both hub protocols frame their own messages, so a batch is just
+//! their concatenation. It also sends the keep-alive Ping when nothing else went out for a while.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::TransportState;
+use crate::auth::Principal;
+use crate::edge::connection::{CloseReason, Connection, Outbound};
+use crate::edge::groups::Scope;
+use crate::edge::session::Session;
+use crate::hubs::Hub;
+use crate::protocol::ping_bytes;
+
+/// Largest batch the writer coalesces into one WebSocket message.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Bytes tungstenite reads from the socket at a time. Its default preallocates 128 KiB per connection;
+/// SignalR messages are small and larger ones simply take several reads.
+const READ_BUFFER: usize = 4 * 1024;
+/// How long the writer waits for the client to take the closing frames.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection accepted over HTTP, waiting for its WebSocket.
+pub struct Accepted {
+    pub hub: Arc<dyn Hub>,
+    pub principal: Principal,
+    pub connection_id: String,
+    /// The negotiate token to release when the connection ends (none with skipNegotiation).
+    pub token: Option<String>,
+}
+
+pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accepted) -> Response {
+    // A WebSocket message may carry several SignalR messages, so allow a few; the session enforces the
+    // per-message limit with a proper Close.
+    let max_message = state.edge.config.limits.max_message_size.saturating_mul(4).max(64 * 1024);
+    let release = {
+        let state = state.clone();
+        let token = accepted.token.clone();
+        move |_| {
+            if let Some(token) = token {
+                state.connections.remove(&token)
+            }
+        }
+    };
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_failed_upgrade(release)
+        .on_upgrade(move |socket| serve(state, accepted, socket))
+}
+
+async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
+    let edge = Arc::clone(&state.edge);
+    let scope = match &accepted.principal {
+        Principal::VirtualKey(key) => Scope::Tenant(key.id.clone()),
+        Principal::Admin { .. } => Scope::Admin,
+    };
+    let (connection, queue) = edge.open_connection(accepted.hub.name(), scope, accepted.connection_id.into());
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        Arc::clone(&connection),
+        queue,
+        sink,
+        edge.config.signalr.keep_alive_interval,
+        edge.config.limits.write_timeout,
+    ));
+
+    // Text and binary payloads both go to the session as bytes; the protocol decides what they mean.
+    let inbound = stream
+        .take_while(|message| std::future::ready(matches!(message, Ok(m) if !matches!(m, Message::Close(_)))))
+        .filter_map(|message| {
+            std::future::ready(match message {
+                Ok(Message::Text(text)) => Some(Bytes::from(text)),
+                Ok(Message::Binary(bytes)) => Some(bytes),
+                _ => None,
+            })
+        });
+    let session = Session {
+        edge: Arc::clone(&edge),
+        hub: accepted.hub,
+        connection: Arc::clone(&connection),
+        principal: accepted.principal,
+        binary_transport: true,
+    };
+    session.run(Box::pin(inbound)).await;
+
+    // The writer ends after the Close; give it the time a client needs to take it, no more.
+    if timeout(CLOSE_TIMEOUT, writer).await.is_err() {
+        tracing::debug!(connection = %connection.public_id, "writer did not finish closing in time");
+    }
+    edge.release_connection(connection.id);
+    if let Some(token) = accepted.token {
+        state.connections.remove(&token);
+    }
+}
+
+async fn write_loop(
+    connection: Arc<Connection>,
+    mut queue: UnboundedReceiver<Outbound>,
+    mut sink: SplitSink<WebSocket, Message>,
+    keep_alive: Duration,
+    write_timeout: Duration,
+) {
+    let mut last_write = Instant::now();
+    loop {
+        let item = tokio::select! {
+            item = queue.recv() => item,
+            _ = sleep_until(last_write + keep_alive), if connection.protocol().is_some() => {
+                let protocol = connection.protocol().expect("checked by the branch guard");
+                Some(Outbound::Frame(ping_bytes(protocol)))
+            }
+        };
+        let (batch, close) = match item {
+            None => break,
+            Some(Outbound::Frame(first)) => gather(first, &mut queue),
+            Some(Outbound::Close { last }) => (last.unwrap_or_default(), true),
+        };
+        if !batch.is_empty() {
+            let len = batch.len();
+            let message = frame(&connection, batch);
+            match timeout(write_timeout, sink.send(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    connection.close(CloseReason::SlowConsumer);
+                    tracing::info!(connection = %connection.public_id, "write stalled; closing as a slow consumer");
+                    break;
+                }
+            }
+            connection.written(len);
+            last_write = Instant::now();
+        }
+        if close {
+            let _ = timeout(
+                CLOSE_TIMEOUT,
+                sink.send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: Utf8Bytes::from_static(""),
+                }))),
+            )
+            .await;
+            break;
+        }
+    }
+    let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// Takes what is already queued behind `first`, up to the batch size. Returns the batch and whether a
+/// Close was among it (its final message is then the batch's tail).
+fn gather(first: Bytes, queue: &mut UnboundedReceiver<Outbound>) -> (Bytes, bool) {
+    let mut batch: Option<BytesMut> = None;
+    let mut len = first.len();
+    let mut close = false;
+    while len < BATCH_BYTES {
+        let next = match queue.try_recv() {
+            Ok(Outbound::Frame(next)) => next,
+            Ok(Outbound::Close { last }) => {
+                close = true;
+                match last {
+                    Some(last) => last,
+                    None => break,
+                }
+            }
+            Err(_) => break,
+        };
+        let batch = batch.get_or_insert_with(|| {
+            let mut batch = BytesMut::with_capacity(BATCH_BYTES.min(len + next.len() * 4));
+            batch.extend_from_slice(&first);
+            batch
+        });
+        batch.extend_from_slice(&next);
+        len += next.len();
+        if close {
+            break;
+        }
+    }
+    // A lone frame goes out as the shared bytes themselves, without a copy.
+    (batch.map_or(first, BytesMut::freeze), close)
+}
+
+/// JSON goes in text frames, MessagePack in binary ones; before the handshake (a refusal) it is text.
+fn frame(connection: &Connection, bytes: Bytes) -> Message {
+    match connection.protocol() {
+        Some(protocol) if protocol.is_binary() => Message::Binary(bytes),
+        // Our JSON encoder only writes UTF-8; were that ever broken, binary beats a panic.
+        _ => Utf8Bytes::try_from(bytes.clone()).map_or(Message::Binary(bytes), Message::Text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_concatenates_queued_frames_and_stops_at_close() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Outbound::Frame(Bytes::from_static(b"b"))).unwrap();
+        tx.send(Outbound::Close { last: Some(Bytes::from_static(b"c")) }).unwrap();
+        tx.send(Outbound::Frame(Bytes::from_static(b"never"))).unwrap();
+        let (batch, close) = gather(Bytes::from_static(b"a"), &mut rx);
+        assert_eq!(&batch[..], b"abc");
+        assert!(close);
+    }
+
+    #[test]
+    fn a_lone_frame_is_passed_through_without_copying() {
+        let (_tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Bytes::from(vec![1u8; 100]);
+        let (batch, close) = gather(shared.clone(), &mut rx);
+        assert_eq!(batch.as_ptr(), shared.as_ptr());
+        assert!(!close);
+    }
+}
