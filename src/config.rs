@@ -119,8 +119,9 @@ impl Default for SignalRConfig {
 impl Config {
     /// Loads the layered configuration. An explicit `--config` file must exist; the default
     /// `hubcast.toml` is optional.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
-        Self::figment(file).extract()
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        // figment's error names the key and the source (file or variable) that set it.
+        Ok(Self::figment(file).extract()?)
     }
 
     fn figment(file: Option<&Path>) -> Figment {
@@ -155,6 +156,8 @@ fn optional_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
 }
 
 #[cfg(test)]
+// Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -170,7 +173,7 @@ mod tests {
             jail.set_env("HUBCAST_AUTH__JWT_SECRET", "s3cret");
             jail.set_env("HUBCAST_AUTH__MASTER_KEY", "12345");
             jail.set_env("HUBCAST_BUS__AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-            let config = Config::load(None)?;
+            let config = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(config.listen, "127.0.0.1:9000", "file beats defaults");
             assert_eq!(config.limits.connections_per_key, 7, "environment beats file");
             assert_eq!(config.signalr.keep_alive_interval, Duration::from_secs(2));

@@ -101,17 +101,23 @@ fn with_development_credentials(mut config: Config) -> Config {
         return config;
     }
     let secret = hex::encode(rand::random::<[u8; 32]>());
-    let master_key =
-        config.auth.master_key.get_or_insert_with(|| hex::encode(rand::random::<[u8; 16]>())).clone();
     config.auth.jwt_secret = Some(secret.clone());
-    let sample = KeyId::parse("1")
-        .and_then(|key| mint_token(&config.auth, Some(&key), Duration::from_secs(24 * 3600), None).ok())
-        .unwrap_or_default();
-    eprintln!(
-        "\nNo auth.jwt_secret configured: this is a development server with a secret made up for this run.\n\
-         \n  HUBCAST_AUTH__JWT_SECRET={secret}\n  HUBCAST_AUTH__MASTER_KEY={master_key}\n\
-         \nA token for virtual key 1, valid 24 h:\n  {sample}\n\
-         \nMint more with: HUBCAST_AUTH__JWT_SECRET={secret} hubcast token --vkey 42\n"
+    let mut banner = format!(
+        "\nNo auth.jwt_secret configured: this is a development server with a secret made up for this run.\n\n  \
+         HUBCAST_AUTH__JWT_SECRET={secret}\n"
     );
+    // A configured master key is never printed; one made up here is, or nobody could use it.
+    if config.auth.master_key.is_none() {
+        let master_key = hex::encode(rand::random::<[u8; 16]>());
+        banner.push_str(&format!("  HUBCAST_AUTH__MASTER_KEY={master_key}\n"));
+        config.auth.master_key = Some(master_key);
+    }
+    let key = KeyId::parse("1").expect("1 is a valid key id");
+    if let Ok(token) = mint_token(&config.auth, Some(&key), Duration::from_secs(24 * 3600), None) {
+        banner.push_str(&format!("\nA token for virtual key 1, valid 24 h:\n  {token}\n"));
+    }
+    banner
+        .push_str(&format!("\nMint more with: HUBCAST_AUTH__JWT_SECRET={secret} hubcast token --vkey 42\n"));
+    eprintln!("{banner}");
     config
 }

@@ -302,7 +302,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_input_with_a_reason() {
-        let cases: &[(&str, fn(&ProtocolError) -> bool)] = &[
+        type Check = fn(&ProtocolError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("{\"type\":1,\"target\":\x1e", |e| matches!(e, ProtocolError::InvalidJson(_))),
             ("[1,2]\x1e", |e| matches!(e, ProtocolError::InvalidMessage(_))),
             ("{\"target\":\"x\"}\x1e", |e| *e == ProtocolError::MissingProperty("type")),

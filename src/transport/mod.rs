@@ -69,21 +69,37 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
+/// Why a request for a hub was turned away.
+#[derive(Debug)]
+pub enum Refusal {
+    /// 401: no credential, or one that does not validate.
+    Unauthorized(AuthError),
+    /// 403: a valid credential of the wrong kind for this hub.
+    Forbidden(&'static str),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthorized(error) => {
+                (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], error.to_string())
+                    .into_response()
+            }
+            Refusal::Forbidden(reason) => (StatusCode::FORBIDDEN, reason).into_response(),
+        }
+    }
+}
+
 /// Authenticates a request for `hub`: 401 without valid credentials, 403 for the wrong kind.
 pub fn authorize(
     edge: &Edge,
     hub: &dyn Hub,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<Principal, Response> {
+) -> Result<Principal, Refusal> {
     let principal = edge.auth.authenticate_request(query, headers).map_err(|error| {
-        let level_message = match error {
-            AuthError::Missing => "missing credentials",
-            AuthError::Expired => "expired token",
-            AuthError::Invalid(_) => "invalid credentials",
-        };
-        tracing::info!(target: "audit", hub = hub.name(), %error, "refused: {level_message}");
-        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], error.to_string()).into_response()
+        tracing::info!(target: "audit", hub = hub.name(), %error, "refused: not authenticated");
+        Refusal::Unauthorized(error)
     })?;
     let allowed = matches!(
         (hub.audience(), &principal),
@@ -91,11 +107,10 @@ pub fn authorize(
     );
     if !allowed {
         tracing::info!(target: "audit", hub = hub.name(), "refused: credential of the wrong kind for this hub");
-        let needs = match hub.audience() {
-            Audience::VirtualKey => "a virtual key token",
-            Audience::Admin => "the master key or an admin token",
-        };
-        return Err((StatusCode::FORBIDDEN, format!("the {} hub needs {needs}", hub.name())).into_response());
+        return Err(Refusal::Forbidden(match hub.audience() {
+            Audience::VirtualKey => "this hub needs a virtual key token",
+            Audience::Admin => "this hub needs the master key or an admin token",
+        }));
     }
     Ok(principal)
 }
@@ -110,7 +125,7 @@ fn connect(
 ) -> Response {
     let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
         Ok(principal) => principal,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let token = query.get("id").cloned();
     let Ok(upgrade) = upgrade else {

@@ -104,7 +104,7 @@ pub async fn negotiate(
 ) -> Response {
     let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
         Ok(principal) => principal,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let version = match query.get("negotiateversion") {
         None => 0,

@@ -1,0 +1,40 @@
+# hubcast: `make run` starts a development server, `make test` runs every test.
+
+CARGO ?= cargo
+JS_DIR := tests/js
+
+.PHONY: all build run test test-rust test-js lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+## Start `hubcast serve` on the embedded bus; with no secret configured it prints a development one.
+run:
+	$(CARGO) run --release -- serve
+
+## Every test: Rust unit and integration tests, then the official SignalR JS clients against the server.
+test: test-rust test-js
+
+test-rust:
+	$(CARGO) test --all-targets
+
+# npm ci again only when the lock file changed.
+$(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund
+
+test-js: $(JS_DIR)/node_modules/.package-lock.json
+	$(CARGO) build
+	cd $(JS_DIR) && HUBCAST_BIN=$(CURDIR)/target/debug/hubcast npm test
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	$(CARGO) clean
+	rm -rf $(JS_DIR)/node_modules
