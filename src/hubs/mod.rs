@@ -6,6 +6,7 @@
 
 pub mod tasks;
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -70,11 +71,21 @@ pub struct Caller {
     connection: Arc<Connection>,
     groups: Arc<Groups>,
     joined: HashSet<Box<str>>,
+    /// The hub's own per-connection state (preferences, say); one type per hub.
+    state: Option<Box<dyn Any + Send>>,
 }
 
 impl Caller {
     pub fn new(principal: Principal, connection: Arc<Connection>, groups: Arc<Groups>) -> Self {
-        Self { principal, connection, groups, joined: HashSet::new() }
+        Self { principal, connection, groups, joined: HashSet::new(), state: None }
+    }
+
+    /// This connection's state of type `T`, created with `T::default()` on first use.
+    pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
+        if !self.state.as_ref().is_some_and(|state| state.is::<T>()) {
+            self.state = Some(Box::new(T::default()));
+        }
+        self.state.as_mut().and_then(|state| state.downcast_mut()).expect("state of type T was just ensured")
     }
 
     pub fn principal(&self) -> &Principal {
@@ -202,6 +213,16 @@ mod tests {
             Err(HubError::Binding(_))
         ));
         assert!(matches!(Arguments(vec![json!(1)]).bind::<(String,)>(), Err(HubError::Binding(_))));
+    }
+
+    #[test]
+    fn per_connection_state_persists_between_calls() {
+        let (connection, _queue) = Connection::new(1, "c".into(), "tasks", Scope::Admin, 1024);
+        let mut caller =
+            Caller::new(Principal::Admin { expires_at: None }, Arc::new(connection), Arc::default());
+        caller.state::<Vec<String>>().push("first".into());
+        caller.state::<Vec<String>>().push("second".into());
+        assert_eq!(caller.state::<Vec<String>>().len(), 2);
     }
 
     #[test]

@@ -257,6 +257,46 @@ mod tests {
         );
     }
 
+    /// Random bytes and corrupted messages never panic a parser; each call returns a message, needs more
+    /// bytes, or an error.
+    #[test]
+    fn parsers_survive_arbitrary_input() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid: Vec<Vec<u8>> = Protocol::ALL
+            .into_iter()
+            .flat_map(|p| all_messages().into_iter().map(move |m| p.encode(&m).to_vec()))
+            .collect();
+        for round in 0..20_000 {
+            let mut input: Vec<u8> = if round % 2 == 0 {
+                (0..random() % 64).map(|_| random() as u8).collect()
+            } else {
+                let mut message = valid[(random() as usize) % valid.len()].clone();
+                for _ in 0..1 + random() % 4 {
+                    let at = (random() as usize) % message.len();
+                    message[at] = random() as u8;
+                }
+                message
+            };
+            input.truncate(1 + (random() as usize) % input.len().max(1));
+            for protocol in Protocol::ALL {
+                let mut buffer = BytesMut::from(&input[..]);
+                for _ in 0..input.len() + 1 {
+                    match protocol.parse(&mut buffer, 1024) {
+                        Ok(Some(_)) => continue,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let _ = handshake::parse_request(&mut BytesMut::from(&input[..]), 1024, true);
+            }
+        }
+    }
+
     #[test]
     fn ping_bytes_match_the_encoder() {
         for protocol in Protocol::ALL {

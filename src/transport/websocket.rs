@@ -125,6 +125,13 @@ async fn write_loop(
         };
         let (batch, close) = match item {
             None => break,
+            // A slow consumer's backlog is dropped so that its Close goes out now, not after the backlog.
+            Some(Outbound::Frame(skipped))
+                if connection.close_reason() == Some(&CloseReason::SlowConsumer) =>
+            {
+                connection.written(skipped.len());
+                continue;
+            }
             Some(Outbound::Frame(first)) => gather(first, &mut queue),
             Some(Outbound::Close { last }) => (last.unwrap_or_default(), true),
         };
