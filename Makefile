@@ -26,7 +26,7 @@ $(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package-lock.json
 
 test-js: $(JS_DIR)/node_modules/.package-lock.json
 	$(CARGO) build
-	cd $(JS_DIR) && HUBCAST_BIN=$(CURDIR)/target/debug/hubcast npm test
+	cd $(JS_DIR) && SERVER_BIN=$(CURDIR)/target/debug/hubcast npm test
 
 lint:
 	$(CARGO) fmt --check

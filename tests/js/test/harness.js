@@ -26,8 +26,8 @@ import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const jsRoot = path.resolve(here, "..");
 
-export const BIN = process.env.HUBCAST_BIN
-    ? path.resolve(jsRoot, process.env.HUBCAST_BIN)
+export const BIN = process.env.SERVER_BIN
+    ? path.resolve(jsRoot, process.env.SERVER_BIN)
     : path.resolve(jsRoot, "../../target/debug/hubcast");
 
 export const JWT_SECRET = "test-secret-0123456789abcdef0123456789";
@@ -43,6 +43,7 @@ export const DEFAULT_ENV = {
     HUBCAST_SIGNALR__HANDSHAKE_TIMEOUT: "2s",
     HUBCAST_LIMITS__MAX_MESSAGE_SIZE: "32768",
     RUST_LOG: "warn",
+    NO_COLOR: "1", // plain server logs in test output
 };
 
 const START_TIMEOUT_MS = 20_000;
