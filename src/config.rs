@@ -17,6 +17,38 @@ pub struct Config {
     pub bus: BusConfig,
     pub limits: LimitsConfig,
     pub signalr: SignalRConfig,
+    pub spend: SpendConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpendConfig {
+    /// Budget utilizations (fractions) that raise a `BudgetAlert` when a `SpendUpdate` crosses them.
+    pub budget_thresholds: Vec<f64>,
+    /// At most one alert per (virtual key, alert type) within this window.
+    #[serde(with = "humantime_serde")]
+    pub alert_cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// The rolling window `RequestStatistics` answers over.
+    #[serde(with = "humantime_serde")]
+    pub statistics_window: Duration,
+}
+
+impl Default for SpendConfig {
+    fn default() -> Self {
+        Self { budget_thresholds: vec![0.5, 0.75, 0.9, 1.0], alert_cooldown: Duration::from_secs(3600) }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self { statistics_window: Duration::from_secs(24 * 3600) }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,6 +114,8 @@ impl Default for Config {
             bus: BusConfig::default(),
             limits: LimitsConfig::default(),
             signalr: SignalRConfig::default(),
+            spend: SpendConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }

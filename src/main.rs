@@ -88,8 +88,20 @@ fn main() -> anyhow::Result<()> {
         Command::Edge | Command::Router => {
             bail!("not yet: `hubcast edge` and `hubcast router` arrive with the RabbitMQ pipeline; use `hubcast serve`")
         }
-        Command::Publish { .. } => {
-            bail!("not yet: `hubcast publish` arrives with the hubs; POST /api/v1/publish to a running serve meanwhile")
+        Command::Publish { hub, routing_key, message_id, json } => {
+            if config.bus.amqp_url.is_some() {
+                bail!("bus.amqp_url is set, but publishing to RabbitMQ is not built yet: unset it to publish to serve");
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let answer = runtime.block_on(hubcast::publish::publish(
+                &config,
+                &hub,
+                &routing_key,
+                message_id.as_deref(),
+                &json,
+            ))?;
+            println!("{answer}");
+            Ok(())
         }
     }
 }

@@ -36,15 +36,17 @@ pub async fn serve(edge: Arc<Edge>) -> anyhow::Result<()> {
     let connections = Arc::new(ConnectionTable::default());
     spawn_negotiation_sweeper(Arc::clone(&connections), edge.config.signalr.negotiate_timeout);
 
-    let app = app(Arc::clone(&edge), connections);
+    let bus = EmbeddedBus::new(Arc::clone(&edge));
+    spawn_pruner(bus.clone());
+    let app = app(Arc::clone(&edge), bus, connections);
     // Tests and scripts wait for this line: it is printed once the socket accepts connections.
     println!("hubcast listening on http://{address}");
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(Arc::clone(&edge))).await?;
     Ok(())
 }
 
-fn app(edge: Arc<Edge>, connections: Arc<ConnectionTable>) -> Router {
-    let api = ApiState { edge: Arc::clone(&edge), bus: EmbeddedBus::new(Arc::clone(&edge)) };
+fn app(edge: Arc<Edge>, bus: EmbeddedBus, connections: Arc<ConnectionTable>) -> Router {
+    let api = ApiState { edge: Arc::clone(&edge), bus };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
@@ -60,6 +62,17 @@ fn spawn_negotiation_sweeper(connections: Arc<ConnectionTable>, timeout: Duratio
         loop {
             tick.tick().await;
             connections.expire_pending(timeout);
+        }
+    });
+}
+
+/// Expired webhook statistics and alert cooldowns are dropped once a minute.
+fn spawn_pruner(bus: EmbeddedBus) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            bus.router().prune();
         }
     });
 }
@@ -124,13 +137,20 @@ async fn publish(State(state): State<ApiState>, headers: HeaderMap, body: axum::
         Ok(request) => request,
         Err(error) => return bad_request(format!("invalid publish request: {error}")),
     };
-    match crate::router::route(&request.hub, &request.routing_key, &request.payload) {
-        Ok(delivery) => {
-            let delivered = state.bus.publish(&delivery);
+    match state.bus.publish(
+        &request.hub,
+        &request.routing_key,
+        request.message_id.as_deref(),
+        &request.payload,
+    ) {
+        Ok(delivered) => {
             (StatusCode::ACCEPTED, Json(json!({ "messageId": request.message_id, "delivered": delivered })))
                 .into_response()
         }
-        Err(error) => bad_request(error.to_string()),
+        Err(error) => {
+            tracing::info!(hub = %request.hub, routing_key = %request.routing_key, %error, "publish refused");
+            bad_request(error.to_string())
+        }
     }
 }
 

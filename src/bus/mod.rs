@@ -1,23 +1,41 @@
-//! Buses carry validated deliveries from producers to edges. The embedded bus hands them straight to
-//! this process's edge; the RabbitMQ bus (a later step) carries them between router and edge processes.
+//! Buses carry events from producers to edges. The embedded bus routes and delivers in this process; the
+//! RabbitMQ bus (a later step) carries them between router and edge processes.
 
 use std::sync::Arc;
 
-use crate::edge::{Delivery, Edge};
+use serde_json::Value;
 
-/// The in-process bus of `hubcast serve` without an AMQP URL: publish is delivery.
+use crate::edge::Edge;
+use crate::events::EventError;
+use crate::router::Router;
+
+/// The in-process bus of `hubcast serve` without an AMQP URL: publishing is routing plus delivery.
 #[derive(Clone)]
 pub struct EmbeddedBus {
     edge: Arc<Edge>,
+    router: Arc<Router>,
 }
 
 impl EmbeddedBus {
     pub fn new(edge: Arc<Edge>) -> Self {
-        Self { edge }
+        let router =
+            Router::new(&edge.config, Arc::clone(&edge.webhook_stats), Arc::clone(&edge.provider_health));
+        Self { edge, router: Arc::new(router) }
     }
 
-    /// Delivers to local members; returns how many connections the event reached.
-    pub fn publish(&self, delivery: &Delivery) -> usize {
-        self.edge.deliver(delivery)
+    /// Validates and delivers one event; returns how many local connections received something.
+    pub fn publish(
+        &self,
+        hub: &str,
+        routing_key: &str,
+        message_id: Option<&str>,
+        body: &Value,
+    ) -> Result<usize, EventError> {
+        let dispatches = self.router.route(hub, routing_key, message_id, body)?;
+        Ok(dispatches.iter().map(|dispatch| self.edge.apply(dispatch)).sum())
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 }

@@ -5,7 +5,7 @@
 //! push. The byte count is the bound: a connection that lets more than `limit` bytes pile up is closed as
 //! a slow consumer instead of slowing anyone else down.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::groups::Scope;
+use crate::events::types::Severity;
 use crate::protocol::{HubMessage, Protocol};
 
 pub type ConnectionId = u64;
@@ -37,6 +38,8 @@ pub enum CloseReason {
     ClientTimeout,
     TokenExpired,
     SlowConsumer,
+    /// The connection's virtual key was deleted or disabled.
+    Revoked,
     /// The handshake was refused; the response is already encoded.
     HandshakeFailed(Bytes),
 }
@@ -54,6 +57,7 @@ impl CloseReason {
             }
             CloseReason::TokenExpired => close(Some("Token expired"), true),
             CloseReason::SlowConsumer => close(Some("Slow consumer"), true),
+            CloseReason::Revoked => close(Some("Virtual key revoked"), false),
             CloseReason::HandshakeFailed(_) => None,
         }
     }
@@ -67,9 +71,26 @@ impl CloseReason {
             CloseReason::ClientTimeout => "client_timeout",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Revoked => "revoked",
             CloseReason::HandshakeFailed(_) => "handshake_failed",
         }
     }
+}
+
+/// What a connection's notification preferences are checked against: the event (its index among the
+/// notification events) and its severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFilter {
+    pub event: u8,
+    pub severity: Severity,
+}
+
+/// Preferences packed in one atomic, read on the fan-out path without a lock: the low 16 bits are the
+/// enabled events, bits 16 and 17 the minimum severity.
+const ALL_EVENTS: u32 = 0xffff;
+
+fn pack_preferences(enabled_events: u16, minimum: Severity) -> u32 {
+    u32::from(enabled_events) | ((minimum as u32) << 16)
 }
 
 pub struct Connection {
@@ -85,6 +106,7 @@ pub struct Connection {
     closing: AtomicBool,
     close_reason: OnceLock<CloseReason>,
     closed: CancellationToken,
+    preferences: AtomicU32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -115,6 +137,7 @@ impl Connection {
             closing: AtomicBool::new(false),
             close_reason: OnceLock::new(),
             closed: CancellationToken::new(),
+            preferences: AtomicU32::new(ALL_EVENTS),
         };
         (connection, receiver)
     }
@@ -126,6 +149,18 @@ impl Connection {
 
     pub fn protocol(&self) -> Option<Protocol> {
         self.protocol.get().copied()
+    }
+
+    /// Sets which notification events this connection wants: a bit per event, and a minimum severity.
+    pub fn set_preferences(&self, enabled_events: u16, minimum: Severity) {
+        self.preferences.store(pack_preferences(enabled_events, minimum), Ordering::Relaxed);
+    }
+
+    /// Whether the connection's preferences let an event through.
+    pub fn accepts(&self, filter: EventFilter) -> bool {
+        let preferences = self.preferences.load(Ordering::Relaxed);
+        let enabled = preferences & (1 << filter.event) != 0;
+        enabled && (filter.severity as u32) >= (preferences >> 16)
     }
 
     /// Queues encoded bytes. Returns false when the connection is closing or was just closed for letting
@@ -224,6 +259,18 @@ mod tests {
         connection.written(8);
         assert!(connection.send(Bytes::from_static(b"12345678")));
         assert_eq!(connection.queued_bytes(), 8);
+    }
+
+    #[test]
+    fn preferences_filter_by_event_and_severity() {
+        let (connection, _receiver) = connection(10);
+        let filter = |event, severity| EventFilter { event, severity };
+        assert!(connection.accepts(filter(7, Severity::Info)), "everything by default");
+        connection.set_preferences(0b101, Severity::Warning);
+        assert!(connection.accepts(filter(0, Severity::Warning)));
+        assert!(connection.accepts(filter(2, Severity::Critical)));
+        assert!(!connection.accepts(filter(1, Severity::Critical)), "event not enabled");
+        assert!(!connection.accepts(filter(0, Severity::Info)), "below the minimum");
     }
 
     #[test]

@@ -13,15 +13,16 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use super::connection::{Connection, ConnectionId};
+use super::connection::{Connection, ConnectionId, EventFilter};
 use crate::auth::KeyId;
 use crate::protocol::EncodedMessage;
 
-/// Whose groups: a tenant's (its virtual key) or the admins'.
+/// Whose groups: a tenant's (its virtual key), the admins', or everyone's (`all` notifications).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
     Tenant(KeyId),
     Admin,
+    Everyone,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,7 +99,7 @@ impl Groups {
     /// A connection in several of the groups gets one copy: a member of a later group is skipped when an
     /// earlier group has it too, a lookup in maps already locked. The bytes are encoded at most once per
     /// protocol and shared by every recipient.
-    pub fn deliver(&self, keys: &[GroupKey], message: &EncodedMessage) -> usize {
+    pub fn deliver(&self, keys: &[GroupKey], filter: Option<EventFilter>, message: &EncodedMessage) -> usize {
         let mut shard_ids: Vec<usize> = keys.iter().map(shard_of).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
@@ -119,6 +120,9 @@ impl Groups {
             let earlier = &groups[..index];
             for (id, connection) in members.iter() {
                 if earlier.iter().flatten().any(|group| group.contains_key(id)) {
+                    continue;
+                }
+                if filter.is_some_and(|filter| !connection.accepts(filter)) {
                     continue;
                 }
                 let Some(protocol) = connection.protocol() else { continue };
@@ -172,7 +176,7 @@ mod tests {
         groups.join(key(&tenant("7"), "task-abc"), &seven);
         groups.join(key(&tenant("9"), "task-abc"), &nine);
         let message = EncodedMessage::new(HubMessage::event("TaskProgress", vec![]));
-        assert_eq!(groups.deliver(&[key(&tenant("7"), "task-abc")], &message), 1);
+        assert_eq!(groups.deliver(&[key(&tenant("7"), "task-abc")], None, &message), 1);
         assert_eq!(frames(&mut seven_rx).len(), 1);
         assert!(frames(&mut nine_rx).is_empty());
     }
@@ -188,7 +192,7 @@ mod tests {
         groups.join(key(&scope, "task-type-video"), &only_type);
         let message = EncodedMessage::new(HubMessage::event("TaskProgress", vec![]));
         let targets = [key(&scope, "task-abc"), key(&scope, "task-type-video")];
-        assert_eq!(groups.deliver(&targets, &message), 2);
+        assert_eq!(groups.deliver(&targets, None, &message), 2);
         assert_eq!(frames(&mut both_rx), vec![message.bytes(Protocol::Json).clone()]);
         assert_eq!(frames(&mut type_rx), vec![message.bytes(Protocol::MessagePack).clone()]);
     }

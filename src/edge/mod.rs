@@ -4,17 +4,20 @@ pub mod connection;
 pub mod groups;
 pub mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, KeyId};
 use crate::config::Config;
 use crate::hubs::Hub;
 use crate::protocol::EncodedMessage;
-use connection::{CloseReason, Connection, ConnectionId, Outbound};
+use crate::router::Dispatch;
+use crate::state::health::ProviderHealth;
+use crate::state::webhook_stats::WebhookStats;
+use connection::{CloseReason, Connection, ConnectionId, EventFilter, Outbound};
 use groups::{GroupKey, Groups, Scope};
 
 /// One event on its way to the connections of some groups of one hub and scope.
@@ -23,6 +26,8 @@ pub struct Delivery {
     pub hub: &'static str,
     pub scope: Scope,
     pub groups: Vec<String>,
+    /// Set for notifications: checked against each connection's preferences.
+    pub filter: Option<EventFilter>,
     pub message: Arc<EncodedMessage>,
 }
 
@@ -35,10 +40,34 @@ pub struct Edge {
     next_connection_id: AtomicU64,
     /// Every open connection, so shutdown and revocation can reach them; not used for fan-out.
     live: Mutex<HashMap<ConnectionId, Arc<Connection>>>,
+    /// Open connections per virtual key, for `limits.connections_per_key`.
+    per_key: Mutex<HashMap<KeyId, u32>>,
+    revoked: RwLock<HashSet<KeyId>>,
+    pub provider_health: Arc<ProviderHealth>,
+    pub webhook_stats: Arc<WebhookStats>,
+}
+
+/// A reserved place among a key's connections; dropping it frees the place.
+pub struct KeySlot {
+    edge: Arc<Edge>,
+    key: KeyId,
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        let mut per_key = self.edge.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_key.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                per_key.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Edge {
     pub fn new(config: Config, auth: Authenticator, hubs: Vec<Arc<dyn Hub>>) -> Self {
+        let webhook_stats = Arc::new(WebhookStats::new(config.webhooks.statistics_window));
         Self {
             config,
             auth,
@@ -46,6 +75,54 @@ impl Edge {
             groups: Arc::default(),
             next_connection_id: AtomicU64::new(1),
             live: Mutex::default(),
+            per_key: Mutex::default(),
+            revoked: RwLock::default(),
+            provider_health: Arc::default(),
+            webhook_stats,
+        }
+    }
+
+    /// Whether the key may open another connection, given its limit.
+    pub fn has_room(&self, key: &KeyId, limit: u32) -> bool {
+        self.per_key.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0) < limit
+    }
+
+    /// Takes one of the key's places, if it has one left.
+    pub fn reserve(self: &Arc<Self>, key: &KeyId, limit: u32) -> Option<KeySlot> {
+        let mut per_key = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_key.entry(key.clone()).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(KeySlot { edge: Arc::clone(self), key: key.clone() })
+    }
+
+    pub fn is_revoked(&self, key: &KeyId) -> bool {
+        self.revoked.read().unwrap_or_else(|e| e.into_inner()).contains(key)
+    }
+
+    /// Carries out what the router decided for one event.
+    pub fn apply(&self, dispatch: &Dispatch) -> usize {
+        match dispatch {
+            Dispatch::Deliver(delivery) => self.deliver(delivery),
+            Dispatch::Revoke(key) => {
+                self.revoked.write().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+                let scope = Scope::Tenant(key.clone());
+                let connections: Vec<_> =
+                    self.live_connections().values().filter(|c| c.scope == scope).cloned().collect();
+                for connection in &connections {
+                    connection.close(CloseReason::Revoked);
+                }
+                tracing::info!(target: "audit", key = %key, closed = connections.len(), "virtual key revoked");
+                0
+            }
+            Dispatch::Restore(key) => {
+                if self.revoked.write().unwrap_or_else(|e| e.into_inner()).remove(key) {
+                    tracing::info!(target: "audit", key = %key, "virtual key revocation lifted");
+                }
+                0
+            }
         }
     }
 
@@ -99,6 +176,6 @@ impl Edge {
                 name: name.as_str().into(),
             })
             .collect();
-        self.groups.deliver(&keys, &delivery.message)
+        self.groups.deliver(&keys, delivery.filter, &delivery.message)
     }
 }

@@ -38,7 +38,7 @@ impl Session {
         S: Stream<Item = Bytes> + Unpin,
     {
         let mut caller =
-            Caller::new(self.principal.clone(), Arc::clone(&self.connection), Arc::clone(&self.edge.groups));
+            Caller::new(self.principal.clone(), Arc::clone(&self.connection), Arc::clone(&self.edge));
         let reason = self.serve(&mut caller, &mut inbound).await;
         self.connection.close(reason);
         caller.leave_all();

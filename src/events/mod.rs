@@ -1,15 +1,42 @@
 //! Typed event bodies and routing keys (contract sections 3 and 4), shared by every bus.
 //!
 //! Producers name an event and its audience in the routing key `<audience>.<EventName>` and put the event's
-//! fields in a JSON body. Parsing the body into the event's Rust type is the validation: a body that does
-//! not parse, or whose identifying fields break the id rules, is refused with the reason.
+//! fields in a JSON body. Parsing the body into the event's Rust type is the validation, and the same types
+//! generate the JSON Schemas in `schemas/`. Arguments are taken from the validated body, so fields beyond
+//! the schema's travel on unchanged inside `data` arguments.
 
+pub mod admin;
+pub mod media;
+pub mod notifications;
+pub mod spend;
 pub mod tasks;
+pub mod types;
+pub mod webhooks;
 
+use std::sync::LazyLock;
+
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::auth::KeyId;
+use types::Severity;
+
+/// Hub names of the contract, in its order.
+pub const HUBS: [&str; 7] = [
+    "tasks",
+    "video-generation",
+    "image-generation",
+    "notifications",
+    "spend",
+    "webhooks",
+    "admin-notifications",
+];
+
+/// The hub name as a `'static` string, if it is one of ours.
+pub fn hub_name(hub: &str) -> Option<&'static str> {
+    HUBS.into_iter().find(|name| *name == hub)
+}
 
 /// Who a message is for, from the first part of its routing key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +47,16 @@ pub enum Audience {
     All,
     /// `admin`: the admin hub.
     Admin,
+}
+
+/// Whether a hub takes events for an audience: tenant hubs take `vkey`, notifications also `all`, the
+/// admin hub only `admin`.
+pub fn accepts(hub: &str, audience: &Audience) -> bool {
+    match audience {
+        Audience::VirtualKey(_) => hub != "admin-notifications",
+        Audience::All => hub == "notifications",
+        Audience::Admin => hub == "admin-notifications",
+    }
 }
 
 /// Why an event cannot be delivered; the text goes back to the producer (400 or `x-hubcast-error`).
@@ -57,27 +94,141 @@ pub fn parse_routing_key(routing_key: &str) -> Result<(Audience, &str), EventErr
     }
 }
 
-/// Parses a body into an event type, with the reason on failure.
-pub fn parse_body<T: DeserializeOwned>(event: &str, body: &Value) -> Result<T, EventError> {
-    T::deserialize(body).map_err(|e| invalid(event, e.to_string()))
+/// How a body becomes the SignalR arguments (contract section 3).
+pub enum Args {
+    /// `(a, b?, ...)`: these fields in order, `null` when absent.
+    Fields(&'static [&'static str]),
+    /// `(data)`: the whole body as one object.
+    Body,
+    /// `(x, data)`: field `x`, then the body without it.
+    FieldThenRest(&'static str),
+}
+
+/// One event type of the contract.
+pub trait Event: DeserializeOwned + JsonSchema {
+    const NAME: &'static str;
+    const ARGS: Args;
+
+    /// Group names (within the event's scope) it goes to; `None` for the audience's own group.
+    fn groups(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    /// For notification preferences: how serious the event is.
+    fn severity(&self) -> Severity {
+        Severity::Info
+    }
+}
+
+/// A validated event, ready to route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub name: &'static str,
+    pub arguments: Vec<Value>,
+    pub groups: Option<Vec<String>>,
+    pub severity: Severity,
+}
+
+/// An entry of the event registry: how to parse one event, and its schema.
+pub struct EventKind {
+    pub hub: &'static str,
+    pub name: &'static str,
+    parse: fn(&Value) -> Result<Parsed, EventError>,
+    schema: fn() -> schemars::Schema,
+}
+
+impl EventKind {
+    fn of<E: Event>(hub: &'static str) -> Self {
+        Self { hub, name: E::NAME, parse: parse_as::<E>, schema: || schemars::schema_for!(E) }
+    }
+
+    pub fn parse(&self, body: &Value) -> Result<Parsed, EventError> {
+        (self.parse)(body)
+    }
+
+    /// The event's JSON Schema, titled and identified by hub and event.
+    pub fn schema(&self) -> Value {
+        let mut schema = (self.schema)().to_value();
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("$id".into(), format!("urn:hubcast:event:{}.{}", self.hub, self.name).into());
+            object.insert("title".into(), format!("{} ({} hub)", self.name, self.hub).into());
+            // Every schema states its required fields, even when there are none.
+            object.entry("required").or_insert_with(|| Value::Array(Vec::new()));
+        }
+        schema
+    }
+
+    /// The file name of the schema in `schemas/`.
+    pub fn schema_file(&self) -> String {
+        format!("{}.{}.schema.json", self.hub, self.name)
+    }
+}
+
+/// Every event of every hub.
+pub static EVENTS: LazyLock<Vec<EventKind>> = LazyLock::new(|| {
+    let mut events = Vec::new();
+    events.extend(tasks::kinds());
+    events.extend(media::kinds());
+    events.extend(notifications::kinds());
+    events.extend(spend::kinds());
+    events.extend(webhooks::kinds());
+    events.extend(admin::kinds());
+    events
+});
+
+/// Looks up an event of a hub.
+pub fn find(hub: &'static str, event: &str) -> Result<&'static EventKind, EventError> {
+    EVENTS
+        .iter()
+        .find(|kind| kind.hub == hub && kind.name == event)
+        .ok_or_else(|| EventError::UnknownEvent { hub, event: event.to_owned() })
+}
+
+/// Validates one event as every bus does: known hub, well-formed routing key, an audience the hub takes,
+/// a known event, and a body of the event's type.
+pub fn validate(
+    hub: &str,
+    routing_key: &str,
+    body: &Value,
+) -> Result<(&'static str, Audience, Parsed), EventError> {
+    let hub = hub_name(hub).ok_or_else(|| EventError::UnknownHub(hub.to_owned()))?;
+    let (audience, event) = parse_routing_key(routing_key)?;
+    if !accepts(hub, &audience) {
+        let name = routing_key.rsplit_once('.').map_or(routing_key, |(audience, _)| audience);
+        return Err(EventError::AudienceNotAccepted { hub, audience: name.to_owned() });
+    }
+    let parsed = find(hub, event)?.parse(body)?;
+    Ok((hub, audience, parsed))
+}
+
+fn parse_as<E: Event>(body: &Value) -> Result<Parsed, EventError> {
+    // serde would also read a struct from an array; events are objects only.
+    let Value::Object(object) = body else {
+        return Err(invalid(E::NAME, "the body must be a JSON object"));
+    };
+    let event: E = E::deserialize(body).map_err(|e| invalid(E::NAME, e.to_string()))?;
+    let arguments = match E::ARGS {
+        Args::Fields(fields) => {
+            fields.iter().map(|f| object.get(*f).cloned().unwrap_or(Value::Null)).collect()
+        }
+        Args::Body => vec![body.clone()],
+        Args::FieldThenRest(field) => {
+            let rest: Map<String, Value> =
+                object.iter().filter(|(k, _)| *k != field).map(|(k, v)| (k.clone(), v.clone())).collect();
+            vec![object.get(field).cloned().unwrap_or(Value::Null), Value::Object(rest)]
+        }
+    };
+    Ok(Parsed { name: E::NAME, arguments, groups: event.groups(), severity: event.severity() })
 }
 
 pub fn invalid(event: &str, reason: impl Into<String>) -> EventError {
     EventError::InvalidBody { event: event.to_owned(), reason: reason.into() }
 }
 
-/// Checks an identifying field against the id rule of the contract.
-pub fn check_id(event: &str, field: &str, id: &str) -> Result<(), EventError> {
-    if crate::hubs::valid_id(id) {
-        Ok(())
-    } else {
-        Err(invalid(event, format!("{field} must be 1 to 128 characters of [A-Za-z0-9_:-]")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn routing_keys_name_audience_and_event() {
@@ -96,6 +247,41 @@ mod tests {
             "vkey.1.Task-X",
         ] {
             assert!(parse_routing_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_contract_event_is_registered_once() {
+        assert_eq!(EVENTS.len(), 36);
+        for kind in EVENTS.iter() {
+            assert_eq!(EVENTS.iter().filter(|k| k.hub == kind.hub && k.name == kind.name).count(), 1);
+        }
+    }
+
+    /// The committed schemas are exactly what the types generate; `UPDATE_SCHEMAS=1 cargo test` rewrites
+    /// them. Every example parses with the same types the router uses.
+    #[test]
+    fn committed_schemas_match_the_types_and_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+        for kind in EVENTS.iter() {
+            let path = dir.join(kind.schema_file());
+            let generated = serde_json::to_string_pretty(&kind.schema()).unwrap() + "\n";
+            if update {
+                std::fs::write(&path, &generated).unwrap();
+            }
+            let committed = std::fs::read_to_string(&path)
+                .unwrap_or_else(|_| panic!("{} is missing: run UPDATE_SCHEMAS=1 cargo test", path.display()));
+            assert_eq!(committed, generated, "{} is stale: run UPDATE_SCHEMAS=1 cargo test", path.display());
+            assert!(kind.schema()["required"].is_array(), "{} lists no required fields", kind.name);
+
+            let example_path = dir.join("examples").join(format!("{}.{}.json", kind.hub, kind.name));
+            let example: Value = serde_json::from_str(
+                &std::fs::read_to_string(&example_path)
+                    .unwrap_or_else(|_| panic!("{} is missing", example_path.display())),
+            )
+            .unwrap();
+            kind.parse(&example).unwrap_or_else(|e| panic!("{}: {e}", example_path.display()));
         }
     }
 }

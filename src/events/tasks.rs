@@ -1,142 +1,122 @@
-//! TaskHub events: every body carries `taskId` and `taskType`; delivery goes to `task-{taskId}` and
-//! `task-type-{taskType}` of the event's virtual key.
+//! TaskHub events: every body carries `taskId` and `taskType`; each goes to `task-{taskId}` and
+//! `task-type-{taskType}` of its virtual key.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{check_id, invalid, parse_body, EventError};
+use super::types::{Id, Percent};
+use super::{Args, Event, EventKind};
 
-#[derive(Debug, Deserialize)]
+fn task_groups(task_id: &Id, task_type: &Id) -> Option<Vec<String>> {
+    Some(vec![format!("task-{task_id}"), format!("task-type-{task_type}")])
+}
+
+/// A task began.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskStarted {
-    task_id: String,
-    task_type: String,
-    #[serde(default)]
-    metadata: Value,
+pub struct TaskStarted {
+    pub task_id: Id,
+    pub task_type: Id,
+    pub metadata: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A task's progress.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskProgress {
-    task_id: String,
-    task_type: String,
-    percent_complete: u64,
-    #[serde(default)]
-    message: Option<String>,
+pub struct TaskProgress {
+    pub task_id: Id,
+    pub task_type: Id,
+    pub percent_complete: Percent,
+    pub message: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A task finished successfully.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskCompleted {
-    task_id: String,
-    task_type: String,
-    #[serde(default)]
-    result: Value,
+pub struct TaskCompleted {
+    pub task_id: Id,
+    pub task_type: Id,
+    pub result: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A task failed.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskFailed {
-    task_id: String,
-    task_type: String,
-    error: String,
-    #[serde(default)]
-    details: Option<String>,
+pub struct TaskFailed {
+    pub task_id: Id,
+    pub task_type: Id,
+    pub error: String,
+    pub details: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A task was cancelled.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskCancelled {
-    task_id: String,
-    task_type: String,
-    #[serde(default)]
-    reason: Option<String>,
+pub struct TaskCancelled {
+    pub task_id: Id,
+    pub task_type: Id,
+    pub reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A task ran out of time.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct TaskTimedOut {
-    task_id: String,
-    task_type: String,
+pub struct TaskTimedOut {
+    pub task_id: Id,
+    pub task_type: Id,
 }
 
-/// A validated task event: its SignalR target and arguments, and the groups it goes to.
-#[derive(Debug, PartialEq)]
-pub struct TaskEvent {
-    pub target: &'static str,
-    pub arguments: Vec<Value>,
-    pub groups: Vec<String>,
-}
-
-pub const EVENTS: [&str; 6] =
-    ["TaskStarted", "TaskProgress", "TaskCompleted", "TaskFailed", "TaskCancelled", "TaskTimedOut"];
-
-pub fn parse(event: &str, body: &Value) -> Result<TaskEvent, EventError> {
-    let target = EVENTS
-        .into_iter()
-        .find(|name| *name == event)
-        .ok_or_else(|| EventError::UnknownEvent { hub: "tasks", event: event.to_owned() })?;
-    let (task_id, task_type, arguments) = match target {
-        "TaskStarted" => {
-            let e: TaskStarted = parse_body(event, body)?;
-            (e.task_id.clone(), e.task_type.clone(), vec![e.task_id.into(), e.task_type.into(), e.metadata])
-        }
-        "TaskProgress" => {
-            let e: TaskProgress = parse_body(event, body)?;
-            if e.percent_complete > 100 {
-                return Err(invalid(event, "percentComplete must be an integer from 0 to 100"));
+macro_rules! task_event {
+    ($type:ty, $name:literal, [$($field:literal),*]) => {
+        impl Event for $type {
+            const NAME: &'static str = $name;
+            const ARGS: Args = Args::Fields(&[$($field),*]);
+            fn groups(&self) -> Option<Vec<String>> {
+                task_groups(&self.task_id, &self.task_type)
             }
-            (
-                e.task_id.clone(),
-                e.task_type,
-                vec![e.task_id.into(), e.percent_complete.into(), e.message.into()],
-            )
-        }
-        "TaskCompleted" => {
-            let e: TaskCompleted = parse_body(event, body)?;
-            (e.task_id.clone(), e.task_type, vec![e.task_id.into(), e.result])
-        }
-        "TaskFailed" => {
-            let e: TaskFailed = parse_body(event, body)?;
-            (e.task_id.clone(), e.task_type, vec![e.task_id.into(), e.error.into(), e.details.into()])
-        }
-        "TaskCancelled" => {
-            let e: TaskCancelled = parse_body(event, body)?;
-            (e.task_id.clone(), e.task_type, vec![e.task_id.into(), e.reason.into()])
-        }
-        _ => {
-            let e: TaskTimedOut = parse_body(event, body)?;
-            (e.task_id.clone(), e.task_type, vec![e.task_id.into()])
         }
     };
-    check_id(event, "taskId", &task_id)?;
-    check_id(event, "taskType", &task_type)?;
-    Ok(TaskEvent {
-        target,
-        arguments,
-        groups: vec![format!("task-{task_id}"), format!("task-type-{task_type}")],
-    })
+}
+
+task_event!(TaskStarted, "TaskStarted", ["taskId", "taskType", "metadata"]);
+task_event!(TaskProgress, "TaskProgress", ["taskId", "percentComplete", "message"]);
+task_event!(TaskCompleted, "TaskCompleted", ["taskId", "result"]);
+task_event!(TaskFailed, "TaskFailed", ["taskId", "error", "details"]);
+task_event!(TaskCancelled, "TaskCancelled", ["taskId", "reason"]);
+task_event!(TaskTimedOut, "TaskTimedOut", ["taskId"]);
+
+pub fn kinds() -> Vec<EventKind> {
+    const HUB: &str = "tasks";
+    vec![
+        EventKind::of::<TaskStarted>(HUB),
+        EventKind::of::<TaskProgress>(HUB),
+        EventKind::of::<TaskCompleted>(HUB),
+        EventKind::of::<TaskFailed>(HUB),
+        EventKind::of::<TaskCancelled>(HUB),
+        EventKind::of::<TaskTimedOut>(HUB),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use serde_json::json;
+    use super::super::{find, EventError};
+    use serde_json::{json, Value};
 
     #[test]
     fn arguments_follow_the_contract_with_null_for_absent_optionals() {
+        let progress = find("tasks", "TaskProgress").unwrap();
         let event =
-            parse("TaskProgress", &json!({"taskId": "abc", "taskType": "video", "percentComplete": 50}))
-                .unwrap();
+            progress.parse(&json!({"taskId": "abc", "taskType": "video", "percentComplete": 50})).unwrap();
         assert_eq!(event.arguments, vec![json!("abc"), json!(50), Value::Null]);
-        assert_eq!(event.groups, vec!["task-abc", "task-type-video"]);
-        let event = parse(
-            "TaskStarted",
-            &json!({"taskId": "t", "taskType": "x", "metadata": {"a": 1}, "extra": true}),
-        )
-        .unwrap();
+        assert_eq!(event.groups.unwrap(), vec!["task-abc", "task-type-video"]);
+        let started = find("tasks", "TaskStarted").unwrap();
+        let event = started
+            .parse(&json!({"taskId": "t", "taskType": "x", "metadata": {"a": 1}, "extra": true}))
+            .unwrap();
         assert_eq!(event.arguments, vec![json!("t"), json!("x"), json!({"a": 1})]);
-        let event = parse("TaskTimedOut", &json!({"taskId": "t", "taskType": "x"})).unwrap();
+        let event =
+            find("tasks", "TaskTimedOut").unwrap().parse(&json!({"taskId": "t", "taskType": "x"})).unwrap();
         assert_eq!(event.arguments, vec![json!("t")]);
     }
 
@@ -149,10 +129,12 @@ mod tests {
             ("TaskFailed", json!({"taskId": "abc", "taskType": "v"})),
             ("TaskCompleted", json!({"taskId": "a b", "taskType": "v"})),
             ("TaskCompleted", json!("not an object")),
+            ("TaskCompleted", json!(["abc", "v"])),
         ];
         for (event, body) in cases {
-            assert!(matches!(parse(event, &body), Err(EventError::InvalidBody { .. })), "{event} {body}");
+            let result = find("tasks", event).unwrap().parse(&body);
+            assert!(matches!(result, Err(EventError::InvalidBody { .. })), "{event} {body}: {result:?}");
         }
-        assert!(matches!(parse("TaskExploded", &json!({})), Err(EventError::UnknownEvent { .. })));
+        assert!(matches!(find("tasks", "TaskExploded"), Err(EventError::UnknownEvent { .. })));
     }
 }

@@ -4,7 +4,12 @@
 //! join or leave groups, return a value or refuse with a message. Hubs never see transports, frames or
 //! protocols; the session turns their results into Completion messages and error texts.
 
+pub mod admin;
+pub mod media;
+pub mod notifications;
+pub mod spend;
 pub mod tasks;
+pub mod webhooks;
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -16,6 +21,8 @@ use serde::de::DeserializeOwned;
 use crate::auth::{KeyId, Principal};
 use crate::edge::connection::Connection;
 use crate::edge::groups::{GroupKey, Groups, Scope};
+use crate::edge::Edge;
+use crate::events::types::Severity;
 use crate::protocol::{HubMessage, Value};
 
 /// Who may connect to a hub.
@@ -63,21 +70,31 @@ impl Arguments {
         serde_json::from_value(Value::Array(self.0))
             .map_err(|e| HubError::Binding(format!("{count} argument(s) do not bind: {e}")))
     }
+
+    /// For methods without parameters.
+    pub fn none(self) -> Result<(), HubError> {
+        match self.0.len() {
+            0 => Ok(()),
+            count => Err(HubError::Binding(format!(
+                "Invocation provides {count} argument(s) but target expects 0."
+            ))),
+        }
+    }
 }
 
 /// The calling connection, as a hub method sees it.
 pub struct Caller {
     principal: Principal,
     connection: Arc<Connection>,
-    groups: Arc<Groups>,
-    joined: HashSet<Box<str>>,
+    edge: Arc<Edge>,
+    joined: HashSet<GroupKey>,
     /// The hub's own per-connection state (preferences, say); one type per hub.
     state: Option<Box<dyn Any + Send>>,
 }
 
 impl Caller {
-    pub fn new(principal: Principal, connection: Arc<Connection>, groups: Arc<Groups>) -> Self {
-        Self { principal, connection, groups, joined: HashSet::new(), state: None }
+    pub fn new(principal: Principal, connection: Arc<Connection>, edge: Arc<Edge>) -> Self {
+        Self { principal, connection, edge, joined: HashSet::new(), state: None }
     }
 
     /// This connection's state of type `T`, created with `T::default()` on first use.
@@ -92,11 +109,16 @@ impl Caller {
         &self.principal
     }
 
+    /// The edge this connection lives on, for shared state such as statistics.
+    pub fn edge(&self) -> &Edge {
+        &self.edge
+    }
+
     /// The virtual key of a tenant connection.
     pub fn key_id(&self) -> Option<&KeyId> {
         match &self.connection.scope {
             Scope::Tenant(key) => Some(key),
-            Scope::Admin => None,
+            _ => None,
         }
     }
 
@@ -104,26 +126,48 @@ impl Caller {
         &self.connection.public_id
     }
 
-    fn group_key(&self, name: &str) -> GroupKey {
-        GroupKey { hub: self.connection.hub, scope: self.connection.scope.clone(), name: name.into() }
+    fn group_key(&self, scope: Scope, name: &str) -> GroupKey {
+        GroupKey { hub: self.connection.hub, scope, name: name.into() }
+    }
+
+    fn join_key(&mut self, key: GroupKey) {
+        if !self.joined.contains(&key) {
+            self.groups().join(key.clone(), &self.connection);
+            tracing::info!(target: "audit", hub = key.hub, connection = %self.connection.public_id, group = %key.name, "subscribed");
+            self.joined.insert(key);
+        }
+    }
+
+    fn groups(&self) -> &Groups {
+        &self.edge.groups
     }
 
     /// Joins a group of this connection's own scope. Joining twice is harmless.
     pub fn join(&mut self, name: &str) {
-        if self.joined.insert(name.into()) {
-            self.groups.join(self.group_key(name), &self.connection);
-        }
+        self.join_key(self.group_key(self.connection.scope.clone(), name));
+    }
+
+    /// Joins a hub-wide group that carries events for every connection of the hub (`all`).
+    pub fn join_everyone(&mut self, name: &str) {
+        self.join_key(self.group_key(Scope::Everyone, name));
     }
 
     /// Leaves a group; leaving one never joined is harmless, as in ASP.NET Core.
     pub fn leave(&mut self, name: &str) {
-        if self.joined.remove(name) {
-            self.groups.leave(&self.group_key(name), self.connection.id);
+        let key = self.group_key(self.connection.scope.clone(), name);
+        if self.joined.remove(&key) {
+            self.groups().leave(&key, self.connection.id);
+            tracing::info!(target: "audit", hub = key.hub, connection = %self.connection.public_id, group = %key.name, "unsubscribed");
         }
     }
 
     pub fn is_member(&self, name: &str) -> bool {
-        self.joined.contains(name)
+        self.joined.contains(&self.group_key(self.connection.scope.clone(), name))
+    }
+
+    /// Sets which notification events reach this connection.
+    pub fn set_preferences(&self, enabled_events: u16, minimum: Severity) {
+        self.connection.set_preferences(enabled_events, minimum);
     }
 
     /// Sends an event to this connection only.
@@ -133,8 +177,8 @@ impl Caller {
 
     /// Leaves every group; the session calls this when the connection ends.
     pub fn leave_all(&mut self) {
-        for name in std::mem::take(&mut self.joined) {
-            self.groups.leave(&self.group_key(&name), self.connection.id);
+        for key in std::mem::take(&mut self.joined) {
+            self.groups().leave(&key, self.connection.id);
         }
     }
 }
@@ -178,7 +222,15 @@ pub trait Hub: Send + Sync + 'static {
 
 /// Every hub this server serves.
 pub fn all() -> Vec<Arc<dyn Hub>> {
-    vec![Arc::new(tasks::TasksHub)]
+    vec![
+        Arc::new(tasks::TasksHub),
+        Arc::new(media::VideoGenerationHub),
+        Arc::new(media::ImageGenerationHub),
+        Arc::new(notifications::NotificationsHub),
+        Arc::new(spend::SpendHub),
+        Arc::new(webhooks::WebhooksHub),
+        Arc::new(admin::AdminHub),
+    ]
 }
 
 /// The contract's id rule for task ids, task types, request ids and provider names: 1 to 128 characters
@@ -218,8 +270,13 @@ mod tests {
     #[test]
     fn per_connection_state_persists_between_calls() {
         let (connection, _queue) = Connection::new(1, "c".into(), "tasks", Scope::Admin, 1024);
-        let mut caller =
-            Caller::new(Principal::Admin { expires_at: None }, Arc::new(connection), Arc::default());
+        let config = crate::config::Config {
+            auth: crate::config::AuthConfig { jwt_secret: Some("s".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let auth = crate::auth::Authenticator::new(&config.auth).unwrap();
+        let edge = Arc::new(Edge::new(config, auth, all()));
+        let mut caller = Caller::new(Principal::Admin { expires_at: None }, Arc::new(connection), edge);
         caller.state::<Vec<String>>().push("first".into());
         caller.state::<Vec<String>>().push("second".into());
         assert_eq!(caller.state::<Vec<String>>().len(), 2);

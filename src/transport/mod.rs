@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, KeyId, Principal};
 use crate::edge::Edge;
 use crate::hubs::{Audience, Hub};
 use negotiate::{random_id, ClaimError, ConnectionTable};
@@ -74,8 +74,10 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
 pub enum Refusal {
     /// 401: no credential, or one that does not validate.
     Unauthorized(AuthError),
-    /// 403: a valid credential of the wrong kind for this hub.
+    /// 403: a valid credential of the wrong kind for this hub, or a revoked key.
     Forbidden(&'static str),
+    /// 429: the key has all the connections it may have.
+    TooManyConnections,
 }
 
 impl IntoResponse for Refusal {
@@ -86,6 +88,9 @@ impl IntoResponse for Refusal {
                     .into_response()
             }
             Refusal::Forbidden(reason) => (StatusCode::FORBIDDEN, reason).into_response(),
+            Refusal::TooManyConnections => {
+                (StatusCode::TOO_MANY_REQUESTS, "too many connections for this virtual key").into_response()
+            }
         }
     }
 }
@@ -112,7 +117,24 @@ pub fn authorize(
             Audience::Admin => "this hub needs the master key or an admin token",
         }));
     }
+    if let Principal::VirtualKey(key) = &principal {
+        if edge.is_revoked(&key.id) {
+            tracing::info!(target: "audit", hub = hub.name(), key = %key.id, "refused: virtual key revoked");
+            return Err(Refusal::Forbidden("Virtual key revoked"));
+        }
+    }
     Ok(principal)
+}
+
+/// How many connections a key may hold: the configured limit, lowered by the token's own claim.
+pub fn connection_limit(edge: &Edge, principal: &Principal) -> Option<(KeyId, u32)> {
+    match principal {
+        Principal::VirtualKey(key) => {
+            let configured = edge.config.limits.connections_per_key;
+            Some((key.id.clone(), key.max_connections.map_or(configured, |claim| claim.min(configured))))
+        }
+        Principal::Admin { .. } => None,
+    }
 }
 
 /// `GET {hub}`: the transport request.
@@ -135,6 +157,13 @@ fn connect(
                 .into_response(),
         };
     };
+    let slot = match connection_limit(&state.edge, &principal) {
+        Some((key, limit)) => match state.edge.reserve(&key, limit) {
+            Some(slot) => Some(slot),
+            None => return Refusal::TooManyConnections.into_response(),
+        },
+        None => None,
+    };
     let connection_id = match &token {
         // skipNegotiation: the connection starts here.
         None => random_id(),
@@ -152,7 +181,7 @@ fn connect(
             }
         },
     };
-    websocket::upgrade(state, upgrade, websocket::Accepted { hub, principal, connection_id, token })
+    websocket::upgrade(state, upgrade, websocket::Accepted { hub, principal, connection_id, token, slot })
 }
 
 #[cfg(test)]

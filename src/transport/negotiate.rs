@@ -106,6 +106,11 @@ pub async fn negotiate(
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Some((key, limit)) = super::connection_limit(&state.edge, &principal) {
+        if !state.edge.has_room(&key, limit) {
+            return super::Refusal::TooManyConnections.into_response();
+        }
+    }
     let version = match query.get("negotiateversion") {
         None => 0,
         Some(version) => match version.parse::<i64>() {

@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::edge::connection::{CloseReason, Connection, Outbound};
 use crate::edge::groups::Scope;
 use crate::edge::session::Session;
+use crate::edge::KeySlot;
 use crate::hubs::Hub;
 use crate::protocol::ping_bytes;
 
@@ -38,6 +39,8 @@ pub struct Accepted {
     pub connection_id: String,
     /// The negotiate token to release when the connection ends (none with skipNegotiation).
     pub token: Option<String>,
+    /// The key's connection place, held for the life of the connection.
+    pub slot: Option<KeySlot>,
 }
 
 pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accepted) -> Response {
@@ -105,6 +108,7 @@ async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
     if let Some(token) = accepted.token {
         state.connections.remove(&token);
     }
+    drop(accepted.slot);
 }
 
 async fn write_loop(
