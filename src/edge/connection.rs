@@ -170,7 +170,7 @@ impl Connection {
             return false;
         }
         let len = frame.len();
-        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed).saturating_add(len);
         if queued > self.limit {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             self.close(CloseReason::SlowConsumer);
@@ -189,7 +189,10 @@ impl Connection {
 
     /// The writer reports bytes it has written, freeing room in the bound.
     pub fn written(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        // Saturating, so an accounting slip could only ever make the bound looser, never wrap it around.
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| Some(queued.saturating_sub(bytes)));
     }
 
     pub fn queued_bytes(&self) -> usize {

@@ -120,14 +120,20 @@ async fn write_loop(
 ) {
     let mut last_write = Instant::now();
     loop {
+        let keep_alive_due = sleep_until(last_write + keep_alive);
         let item = tokio::select! {
             item = queue.recv() => item,
-            _ = sleep_until(last_write + keep_alive), if connection.protocol().is_some() => {
-                let protocol = connection.protocol().expect("checked by the branch guard");
-                Some(Outbound::Frame(ping_bytes(protocol)))
+            _ = keep_alive_due, if connection.protocol().is_some() => {
+                let ping = connection.protocol().map(ping_bytes).unwrap_or_default();
+                // A ping never passed through the queue, so it credits nothing back.
+                if !write(&connection, &mut sink, ping, write_timeout).await {
+                    break;
+                }
+                last_write = Instant::now();
+                continue;
             }
         };
-        let (batch, close) = match item {
+        let batch = match item {
             None => break,
             // A slow consumer's backlog is dropped so that its Close goes out now, not after the backlog.
             Some(Outbound::Frame(skipped))
@@ -137,47 +143,66 @@ async fn write_loop(
                 continue;
             }
             Some(Outbound::Frame(first)) => gather(first, &mut queue),
-            Some(Outbound::Close { last }) => (last.unwrap_or_default(), true),
-        };
-        if !batch.is_empty() {
-            let len = batch.len();
-            let message = frame(&connection, batch);
-            match timeout(write_timeout, sink.send(message)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    connection.close(CloseReason::SlowConsumer);
-                    tracing::info!(connection = %connection.public_id, "write stalled; closing as a slow consumer");
-                    break;
-                }
+            Some(Outbound::Close { last }) => {
+                Batch { bytes: last.unwrap_or_default(), queued: 0, close: true }
             }
-            connection.written(len);
+        };
+        if !batch.bytes.is_empty() {
+            if !write(&connection, &mut sink, batch.bytes, write_timeout).await {
+                break;
+            }
             last_write = Instant::now();
         }
-        if close {
-            let _ = timeout(
-                CLOSE_TIMEOUT,
-                sink.send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: Utf8Bytes::from_static(""),
-                }))),
-            )
-            .await;
+        connection.written(batch.queued);
+        if batch.close {
+            let close = Message::Close(Some(CloseFrame { code: 1000, reason: Utf8Bytes::from_static("") }));
+            let _ = timeout(CLOSE_TIMEOUT, sink.send(close)).await;
             break;
         }
     }
     let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
 }
 
-/// Takes what is already queued behind `first`, up to the batch size. Returns the batch and whether a
-/// Close was among it (its final message is then the batch's tail).
-fn gather(first: Bytes, queue: &mut UnboundedReceiver<Outbound>) -> (Bytes, bool) {
+/// Writes one WebSocket message and flushes. False when the connection is done for: the socket failed,
+/// or the write stalled past the deadline (then the client is closed as a slow consumer).
+async fn write(
+    connection: &Connection,
+    sink: &mut SplitSink<WebSocket, Message>,
+    bytes: Bytes,
+    write_timeout: Duration,
+) -> bool {
+    match timeout(write_timeout, sink.send(frame(connection, bytes))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            connection.close(CloseReason::SlowConsumer);
+            tracing::info!(connection = %connection.public_id, "write stalled; closing as a slow consumer");
+            false
+        }
+    }
+}
+
+/// What the writer sends in one go.
+struct Batch {
+    bytes: Bytes,
+    /// How many of the bytes came through the queue (and so count against its bound).
+    queued: usize,
+    /// A Close was among them: the transport closes after this batch.
+    close: bool,
+}
+
+/// Takes what is already queued behind `first`, up to the batch size. A Close ends the batch, its final
+/// message being the batch's tail.
+fn gather(first: Bytes, queue: &mut UnboundedReceiver<Outbound>) -> Batch {
     let mut batch: Option<BytesMut> = None;
-    let mut len = first.len();
+    let mut queued = first.len();
     let mut close = false;
-    while len < BATCH_BYTES {
+    while queued < BATCH_BYTES {
         let next = match queue.try_recv() {
-            Ok(Outbound::Frame(next)) => next,
+            Ok(Outbound::Frame(next)) => {
+                queued += next.len();
+                next
+            }
             Ok(Outbound::Close { last }) => {
                 close = true;
                 match last {
@@ -188,18 +213,17 @@ fn gather(first: Bytes, queue: &mut UnboundedReceiver<Outbound>) -> (Bytes, bool
             Err(_) => break,
         };
         let batch = batch.get_or_insert_with(|| {
-            let mut batch = BytesMut::with_capacity(BATCH_BYTES.min(len + next.len() * 4));
+            let mut batch = BytesMut::with_capacity(BATCH_BYTES.min(first.len() + next.len() * 4));
             batch.extend_from_slice(&first);
             batch
         });
         batch.extend_from_slice(&next);
-        len += next.len();
         if close {
             break;
         }
     }
     // A lone frame goes out as the shared bytes themselves, without a copy.
-    (batch.map_or(first, BytesMut::freeze), close)
+    Batch { bytes: batch.map_or(first, BytesMut::freeze), queued, close }
 }
 
 /// JSON goes in text frames, MessagePack in binary ones; before the handshake (a refusal) it is text.
@@ -221,17 +245,19 @@ mod tests {
         tx.send(Outbound::Frame(Bytes::from_static(b"b"))).unwrap();
         tx.send(Outbound::Close { last: Some(Bytes::from_static(b"c")) }).unwrap();
         tx.send(Outbound::Frame(Bytes::from_static(b"never"))).unwrap();
-        let (batch, close) = gather(Bytes::from_static(b"a"), &mut rx);
-        assert_eq!(&batch[..], b"abc");
-        assert!(close);
+        let batch = gather(Bytes::from_static(b"a"), &mut rx);
+        assert_eq!(&batch.bytes[..], b"abc");
+        assert_eq!(batch.queued, 2, "the Close message is not counted against the queue");
+        assert!(batch.close);
     }
 
     #[test]
     fn a_lone_frame_is_passed_through_without_copying() {
         let (_tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Bytes::from(vec![1u8; 100]);
-        let (batch, close) = gather(shared.clone(), &mut rx);
-        assert_eq!(batch.as_ptr(), shared.as_ptr());
-        assert!(!close);
+        let batch = gather(shared.clone(), &mut rx);
+        assert_eq!(batch.bytes.as_ptr(), shared.as_ptr());
+        assert_eq!(batch.queued, 100);
+        assert!(!batch.close);
     }
 }

@@ -141,6 +141,27 @@ describe("keep-alive", () => {
         c.close();
     });
 
+    test("after idle pings, events still flow (pings do not count against the outbound buffer)", async () => {
+        // Regression: the writer once credited keep-alive pings back to the byte-bounded queue, so after
+        // a few idle pings the next event overflowed the counter.
+        const c = await rawJson();
+        c.send(invocation("1", "SubscribeToTask", ["after-pings"]));
+        assertVoidCompletion((await c.next()).msg, "1");
+        await c.next(2500, { keepPings: true });
+        await c.next(2500, { keepPings: true });
+        for (let i = 0; i < 3; i++) {
+            await server.publish("tasks", "vkey.7.TaskProgress", {
+                taskId: "after-pings",
+                taskType: "t",
+                percentComplete: i,
+            });
+            const event = await c.next(2500);
+            assert.deepEqual(event.msg.arguments, ["after-pings", i, null]);
+        }
+        c.close();
+        await server.assertServes();
+    });
+
     test("an idle MessagePack connection receives a Ping (02 91 06) within 2.5 s", async () => {
         const c = await raw();
         assert.deepEqual(await c.handshake("messagepack", 1), {});
