@@ -37,7 +37,7 @@ pub async fn serve(edge: Arc<Edge>) -> anyhow::Result<()> {
     spawn_negotiation_sweeper(Arc::clone(&connections), edge.config.signalr.negotiate_timeout);
 
     let bus = EmbeddedBus::new(Arc::clone(&edge));
-    spawn_pruner(bus.clone());
+    spawn_pruner(bus.clone(), Arc::clone(&edge));
     let app = app(Arc::clone(&edge), bus, connections);
     // Tests and scripts wait for this line: it is printed once the socket accepts connections.
     println!("hubcast listening on http://{address}");
@@ -67,12 +67,13 @@ fn spawn_negotiation_sweeper(connections: Arc<ConnectionTable>, timeout: Duratio
 }
 
 /// Expired webhook statistics and alert cooldowns are dropped once a minute.
-fn spawn_pruner(bus: EmbeddedBus) {
+fn spawn_pruner(bus: EmbeddedBus, edge: Arc<Edge>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             bus.router().prune();
+            edge.webhook_stats.prune(std::time::SystemTime::now());
         }
     });
 }

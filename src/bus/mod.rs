@@ -18,8 +18,7 @@ pub struct EmbeddedBus {
 
 impl EmbeddedBus {
     pub fn new(edge: Arc<Edge>) -> Self {
-        let router =
-            Router::new(&edge.config, Arc::clone(&edge.webhook_stats), Arc::clone(&edge.provider_health));
+        let router = Router::new(&edge.config);
         Self { edge, router: Arc::new(router) }
     }
 

@@ -123,6 +123,14 @@ impl Edge {
                 }
                 0
             }
+            Dispatch::ProviderHealth { provider, status, message, checked_at } => {
+                self.provider_health.update(provider, status, message, checked_at);
+                0
+            }
+            Dispatch::WebhookOutcome { key, url, outcome, at } => {
+                self.webhook_stats.record(key, url, *outcome, *at);
+                0
+            }
         }
     }
 

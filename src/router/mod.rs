@@ -20,13 +20,13 @@ use crate::events::{self, notifications, Audience, EventError, Parsed};
 use crate::protocol::{EncodedMessage, HubMessage};
 use crate::state::budget::BudgetAlerts;
 use crate::state::dedupe::Dedupe;
-use crate::state::health::ProviderHealth;
-use crate::state::webhook_stats::{DeliveryOutcome, WebhookStats};
+use crate::state::webhook_stats::DeliveryOutcome;
 
 /// How many recent message ids are remembered for deduplication.
 const DEDUPE_CAPACITY: usize = 100_000;
 
-/// What an edge must do for one event.
+/// What the edges must do for one event. Deliveries go to the edges with interested connections; state
+/// changes go to every edge, which keeps its own copy of that state.
 #[derive(Debug, Clone)]
 pub enum Dispatch {
     Deliver(Delivery),
@@ -34,25 +34,31 @@ pub enum Dispatch {
     Revoke(KeyId),
     /// Accept the key's connections again.
     Restore(KeyId),
+    /// The latest health report of a provider, for `InitialProviderHealth`.
+    ProviderHealth {
+        provider: String,
+        status: Value,
+        message: Value,
+        checked_at: String,
+    },
+    /// One webhook delivery outcome, for `RequestStatistics`.
+    WebhookOutcome {
+        key: KeyId,
+        url: String,
+        outcome: DeliveryOutcome,
+        at: SystemTime,
+    },
 }
 
 pub struct Router {
     budget: BudgetAlerts,
-    webhook_stats: Arc<WebhookStats>,
-    provider_health: Arc<ProviderHealth>,
     dedupe: Dedupe,
 }
 
 impl Router {
-    pub fn new(
-        config: &Config,
-        webhook_stats: Arc<WebhookStats>,
-        provider_health: Arc<ProviderHealth>,
-    ) -> Self {
+    pub fn new(config: &Config) -> Self {
         Self {
             budget: BudgetAlerts::new(config.spend.budget_thresholds.clone(), config.spend.alert_cooldown),
-            webhook_stats,
-            provider_health,
             dedupe: Dedupe::new(DEDUPE_CAPACITY),
         }
     }
@@ -137,14 +143,23 @@ impl Router {
                     _ => DeliveryOutcome::RetryScheduled,
                 };
                 if let Some(key) = key {
-                    self.webhook_stats.record(key, url, outcome, now);
+                    out.push(Dispatch::WebhookOutcome {
+                        key: key.clone(),
+                        url: url.to_owned(),
+                        outcome,
+                        at: now,
+                    });
                 }
             }
             ("admin-notifications", "ProviderHealthStatus") => {
                 let provider = body.get("provider").and_then(Value::as_str).unwrap_or_default();
                 let checked_at = body.get("checkedAt").and_then(Value::as_str).unwrap_or_default();
-                let message = body.get("message").cloned().unwrap_or(Value::Null);
-                self.provider_health.update(provider, &body["status"], &message, checked_at);
+                out.push(Dispatch::ProviderHealth {
+                    provider: provider.to_owned(),
+                    status: body["status"].clone(),
+                    message: body.get("message").cloned().unwrap_or(Value::Null),
+                    checked_at: checked_at.to_owned(),
+                });
             }
             ("admin-notifications", "VirtualKeyDeleted" | "VirtualKeyUpdated") => {
                 if let Some(KeyRef(key)) = body.get("virtualKeyId").and_then(KeyRef::from_value) {
@@ -201,11 +216,9 @@ impl Router {
         out
     }
 
-    /// Drops expired statistics and cooldowns; called periodically.
+    /// Drops expired cooldowns; called periodically.
     pub fn prune(&self) {
-        let now = SystemTime::now();
-        self.webhook_stats.prune(now);
-        self.budget.prune(now);
+        self.budget.prune(SystemTime::now());
     }
 }
 
@@ -214,11 +227,7 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        Router::new(
-            &Config::default(),
-            Arc::new(WebhookStats::new(std::time::Duration::from_secs(3600))),
-            Arc::default(),
-        )
+        Router::new(&Config::default())
     }
 
     fn delivered(dispatches: &[Dispatch]) -> Vec<(&'static str, Scope, Vec<String>, &HubMessage)> {
