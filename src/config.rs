@@ -75,6 +75,17 @@ pub struct BusConfig {
     #[serde(deserialize_with = "optional_string")]
     pub amqp_url: Option<String>,
     pub exchange_prefix: String,
+    /// `quorum` (default) or `classic` for the routers' hub queues.
+    pub queue_type: String,
+    /// Unacknowledged messages a router holds at once.
+    pub prefetch: u16,
+    /// Largest event body the router accepts; larger ones are dead-lettered.
+    pub max_event_bytes: usize,
+    /// Size the state stream is trimmed to.
+    pub state_stream_max_bytes: u64,
+    /// This edge's name in its queue name; defaults to a random id per process.
+    #[serde(deserialize_with = "optional_string")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,7 +133,15 @@ impl Default for Config {
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { amqp_url: None, exchange_prefix: "conduit.".into() }
+        Self {
+            amqp_url: None,
+            exchange_prefix: "conduit.".into(),
+            queue_type: "quorum".into(),
+            prefetch: 256,
+            max_event_bytes: 256 * 1024,
+            state_stream_max_bytes: 256 * 1024 * 1024,
+            node_id: None,
+        }
     }
 }
 

@@ -1,15 +1,14 @@
 //! The `hubcast` command (contract section 7).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use hubcast::auth::{mint_token, Authenticator, KeyId};
+use hubcast::auth::{mint_token, KeyId};
 use hubcast::config::Config;
-use hubcast::edge::Edge;
+use hubcast::server::Roles;
 
 #[derive(Parser)]
 #[command(
@@ -77,33 +76,71 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             hubcast::telemetry::init();
-            if config.bus.amqp_url.is_some() {
-                bail!("bus.amqp_url is set, but the RabbitMQ bus is not built yet: unset it to use the embedded bus");
-            }
             let config = with_development_credentials(config);
-            let auth = Authenticator::new(&config.auth).context("setting up authentication")?;
-            let edge = Arc::new(Edge::new(config, auth, hubcast::hubs::all()));
-            tokio::runtime::Runtime::new()?.block_on(hubcast::server::serve(edge))
+            run(config, Roles { edge: true, router: true })
         }
-        Command::Edge | Command::Router => {
-            bail!("not yet: `hubcast edge` and `hubcast router` arrive with the RabbitMQ pipeline; use `hubcast serve`")
+        Command::Edge => {
+            hubcast::telemetry::init();
+            require_amqp(&config, "edge")?;
+            run(config, Roles { edge: true, router: false })
+        }
+        Command::Router => {
+            hubcast::telemetry::init();
+            require_amqp(&config, "router")?;
+            run(config, Roles { edge: false, router: true })
         }
         Command::Publish { hub, routing_key, message_id, json } => {
-            if config.bus.amqp_url.is_some() {
-                bail!("bus.amqp_url is set, but publishing to RabbitMQ is not built yet: unset it to publish to serve");
-            }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let answer = runtime.block_on(hubcast::publish::publish(
-                &config,
-                &hub,
-                &routing_key,
-                message_id.as_deref(),
-                &json,
-            ))?;
+            let answer = if config.bus.amqp_url.is_some() {
+                runtime.block_on(publish_to_rabbitmq(
+                    &config,
+                    &hub,
+                    &routing_key,
+                    message_id.as_deref(),
+                    &json,
+                ))?
+            } else {
+                runtime.block_on(hubcast::publish::publish(
+                    &config,
+                    &hub,
+                    &routing_key,
+                    message_id.as_deref(),
+                    &json,
+                ))?
+            };
             println!("{answer}");
             Ok(())
         }
     }
+}
+
+fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(hubcast::server::run(config, roles))
+}
+
+fn require_amqp(config: &Config, role: &str) -> anyhow::Result<()> {
+    if config.bus.amqp_url.is_none() {
+        bail!("`hubcast {role}` runs on RabbitMQ: set bus.amqp_url (HUBCAST_BUS__AMQP_URL), or use `hubcast serve`");
+    }
+    Ok(())
+}
+
+/// Validates, then publishes with publisher confirms; prints the message id.
+async fn publish_to_rabbitmq(
+    config: &Config,
+    hub: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    json: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let payload: serde_json::Value =
+        serde_json::from_str(json).context("the event body is not valid JSON")?;
+    hubcast::events::validate(hub, routing_key, &payload)?;
+    let publisher = hubcast::bus::amqp::publisher::Publisher::connect(&config.bus).await?;
+    let body = serde_json::to_vec(&payload)?;
+    let traceparent = std::env::var("TRACEPARENT").ok();
+    let id = publisher.publish(hub, routing_key, message_id, &body, traceparent.as_deref()).await?;
+    Ok(serde_json::json!({ "messageId": id, "confirmed": true }))
 }
 
 /// `serve` with no credentials configured is a development server: it makes up a secret and a master

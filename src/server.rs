@@ -1,4 +1,4 @@
-//! The HTTP server of every role: hubs, health, metrics and the publish API.
+//! The process: which roles run (edge, router or both), their HTTP server, and the graceful shutdown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,72 +13,112 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::Principal;
-use crate::bus::EmbeddedBus;
+use crate::auth::{Authenticator, Principal};
+use crate::bus::amqp::{self, Readiness};
+use crate::bus::{AmqpPublishing, Bus, EmbeddedBus, PublishError};
+use crate::config::Config;
 use crate::edge::connection::CloseReason;
 use crate::edge::Edge;
-use crate::transport::negotiate::ConnectionTable;
+use crate::transport::negotiate::{random_id, ConnectionTable};
 use crate::transport::{self, TransportState};
 
-#[derive(Clone)]
-struct ApiState {
-    edge: Arc<Edge>,
-    bus: EmbeddedBus,
+/// Which roles this process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub edge: bool,
+    pub router: bool,
 }
 
-/// Runs `hubcast serve` on the embedded bus until SIGTERM or Ctrl-C.
-pub async fn serve(edge: Arc<Edge>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&edge.config.listen)
-        .await
-        .with_context(|| format!("binding {}", edge.config.listen))?;
-    let address = listener.local_addr()?;
-    let connections = Arc::new(ConnectionTable::default());
-    spawn_negotiation_sweeper(Arc::clone(&connections), edge.config.signalr.negotiate_timeout);
+#[derive(Clone)]
+struct AppState {
+    edge: Option<Arc<Edge>>,
+    bus: Option<Arc<Bus>>,
+    /// Every bus role's readiness; the process is ready when all are.
+    readiness: Vec<Arc<Readiness>>,
+    draining: Arc<Readiness>,
+}
 
-    let bus = EmbeddedBus::new(Arc::clone(&edge));
-    spawn_pruner(bus.clone(), Arc::clone(&edge));
-    let app = app(Arc::clone(&edge), bus, connections);
+/// Runs the roles until SIGTERM or Ctrl-C. Without `bus.amqp_url` (only for `serve`) everything runs on
+/// the embedded bus.
+pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let draining = Arc::new(Readiness::default());
+    let mut readiness = Vec::new();
+    let mut tasks = Vec::new();
+    let amqp = config.bus.amqp_url.is_some();
+
+    let edge = if roles.edge {
+        let auth = Authenticator::new(&config.auth).context("setting up authentication")?;
+        Some(Arc::new(Edge::new(config.clone(), auth, crate::hubs::all())))
+    } else {
+        None
+    };
+    let bus = match (&edge, amqp) {
+        (Some(edge), false) => {
+            let bus = EmbeddedBus::new(Arc::clone(edge));
+            spawn_pruner(Some(bus.clone()), Arc::clone(edge), shutdown.clone());
+            Some(Arc::new(Bus::Embedded(bus)))
+        }
+        (Some(edge), true) => {
+            let (changes, receiver) = mpsc::unbounded_channel();
+            edge.attach_bus(changes);
+            let ready = Arc::new(Readiness::default());
+            readiness.push(Arc::clone(&ready));
+            let node = config.bus.node_id.clone().unwrap_or_else(random_id);
+            tasks.push(tokio::spawn(amqp::edge::run(
+                Arc::clone(edge),
+                config.clone(),
+                node,
+                ready,
+                shutdown.clone(),
+                receiver,
+            )));
+            spawn_pruner(None, Arc::clone(edge), shutdown.clone());
+            Some(Arc::new(Bus::Amqp(Box::new(AmqpPublishing::new(config.bus.clone())))))
+        }
+        (None, _) => None,
+    };
+    if roles.router && amqp {
+        let ready = Arc::new(Readiness::default());
+        readiness.push(Arc::clone(&ready));
+        tasks.push(tokio::spawn(amqp::router::run(config.clone(), ready, shutdown.clone())));
+    }
+
+    let listener =
+        TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let state = AppState { edge: edge.clone(), bus, readiness, draining: Arc::clone(&draining) };
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/publish", post(publish))
+        .with_state(state);
+    if let Some(edge) = &edge {
+        let connections = Arc::new(ConnectionTable::default());
+        spawn_negotiation_sweeper(
+            Arc::clone(&connections),
+            config.signalr.negotiate_timeout,
+            shutdown.clone(),
+        );
+        app = app.merge(transport::routes(TransportState { edge: Arc::clone(edge), connections }));
+    }
     // Tests and scripts wait for this line: it is printed once the socket accepts connections.
     println!("hubcast listening on http://{address}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(Arc::clone(&edge))).await?;
+    axum::serve(listener, app).with_graceful_shutdown(drain(edge, draining, shutdown.clone())).await?;
+    shutdown.cancel();
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
     Ok(())
 }
 
-fn app(edge: Arc<Edge>, bus: EmbeddedBus, connections: Arc<ConnectionTable>) -> Router {
-    let api = ApiState { edge: Arc::clone(&edge), bus };
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/publish", post(publish))
-        .with_state(api)
-        .merge(transport::routes(TransportState { edge, connections }))
-}
-
-fn spawn_negotiation_sweeper(connections: Arc<ConnectionTable>, timeout: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(timeout.max(Duration::from_secs(1)));
-        loop {
-            tick.tick().await;
-            connections.expire_pending(timeout);
-        }
-    });
-}
-
-/// Expired webhook statistics and alert cooldowns are dropped once a minute.
-fn spawn_pruner(bus: EmbeddedBus, edge: Arc<Edge>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            bus.router().prune();
-            edge.webhook_stats.prune(std::time::SystemTime::now());
-        }
-    });
-}
-
-async fn shutdown_signal(edge: Arc<Edge>) {
+/// Waits for SIGTERM or Ctrl-C, then drains: not ready any more, clients told to reconnect elsewhere,
+/// a few seconds for them to go. The bus roles stop after the HTTP server does.
+async fn drain(edge: Option<Arc<Edge>>, draining: Arc<Readiness>, shutdown: CancellationToken) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -96,10 +136,12 @@ async fn shutdown_signal(edge: Arc<Edge>) {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+        _ = shutdown.cancelled() => {},
     }
+    draining.set(true);
+    let Some(edge) = edge else { return };
     tracing::info!(connections = edge.connection_count(), "shutting down: asking clients to reconnect");
     edge.close_all(CloseReason::ServerShutdown);
-    // Give writers a moment to deliver the Close messages before the process exits.
     for _ in 0..50 {
         if edge.connection_count() == 0 {
             break;
@@ -108,12 +150,59 @@ async fn shutdown_signal(edge: Arc<Edge>) {
     }
 }
 
-async fn metrics(State(state): State<ApiState>) -> String {
+fn spawn_negotiation_sweeper(
+    connections: Arc<ConnectionTable>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(timeout.max(Duration::from_secs(1)));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => connections.expire_pending(timeout),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Expired webhook statistics and alert cooldowns are dropped once a minute.
+fn spawn_pruner(bus: Option<EmbeddedBus>, edge: Arc<Edge>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if let Some(bus) = &bus {
+                bus.router().prune();
+            }
+            edge.webhook_stats.prune(std::time::SystemTime::now());
+        }
+    });
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.get() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    if state.readiness.iter().all(|ready| ready.get()) {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for RabbitMQ").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    let Some(edge) = &state.edge else { return String::new() };
     format!(
         "# HELP hubcast_connections Open client connections.\n# TYPE hubcast_connections gauge\nhubcast_connections {}\n\
-         # HELP hubcast_groups Groups with at least one local member.\n# TYPE hubcast_groups gauge\nhubcast_groups {}\n",
-        state.edge.connection_count(),
-        state.edge.groups.group_count()
+         # HELP hubcast_groups Groups with at least one local member.\n# TYPE hubcast_groups gauge\nhubcast_groups {}\n\
+         # HELP hubcast_bindings Delivery bindings this edge holds on RabbitMQ.\n# TYPE hubcast_bindings gauge\nhubcast_bindings {}\n",
+        edge.connection_count(),
+        edge.groups.group_count(),
+        edge.interest_keys().len(),
     )
 }
 
@@ -128,33 +217,40 @@ struct PublishRequest {
 }
 
 /// `POST /api/v1/publish`: master key only; validates and routes exactly as the router does.
-async fn publish(State(state): State<ApiState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    match state.edge.auth.authenticate_request(&HashMap::new(), &headers) {
+async fn publish(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let (Some(edge), Some(bus)) = (&state.edge, &state.bus) else {
+        return (StatusCode::NOT_FOUND, "this process runs no edge; publish to an edge or serve")
+            .into_response();
+    };
+    match edge.auth.authenticate_request(&HashMap::new(), &headers) {
         Ok(Principal::Admin { .. }) => {}
         Ok(_) => return (StatusCode::FORBIDDEN, "publishing needs the master key").into_response(),
         Err(error) => return (StatusCode::UNAUTHORIZED, error.to_string()).into_response(),
     }
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(error) => return bad_request(format!("invalid publish request: {error}")),
+        Err(error) => {
+            return error_response(StatusCode::BAD_REQUEST, format!("invalid publish request: {error}"))
+        }
     };
-    match state.bus.publish(
-        &request.hub,
-        &request.routing_key,
-        request.message_id.as_deref(),
-        &request.payload,
-    ) {
+    match bus
+        .publish(&request.hub, &request.routing_key, request.message_id.as_deref(), &request.payload)
+        .await
+    {
         Ok(delivered) => {
             (StatusCode::ACCEPTED, Json(json!({ "messageId": request.message_id, "delivered": delivered })))
                 .into_response()
         }
-        Err(error) => {
+        Err(PublishError::Invalid(error)) => {
             tracing::info!(hub = %request.hub, routing_key = %request.routing_key, %error, "publish refused");
-            bad_request(error.to_string())
+            error_response(StatusCode::BAD_REQUEST, error.to_string())
+        }
+        Err(error @ PublishError::Unavailable(_)) => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
         }
     }
 }
 
-fn bad_request(reason: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": reason }))).into_response()
+fn error_response(status: StatusCode, reason: String) -> Response {
+    (status, Json(json!({ "error": reason }))).into_response()
 }

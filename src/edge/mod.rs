@@ -8,9 +8,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Authenticator, KeyId};
+use crate::bus::amqp::edge::InterestChange;
 use crate::config::Config;
 use crate::hubs::Hub;
 use crate::protocol::EncodedMessage;
@@ -45,6 +46,32 @@ pub struct Edge {
     revoked: RwLock<HashSet<KeyId>>,
     pub provider_health: Arc<ProviderHealth>,
     pub webhook_stats: Arc<WebhookStats>,
+    /// Connections per delivery routing key, when a bus delivers by interest (RabbitMQ).
+    interest: Mutex<HashMap<String, u32>>,
+    interest_changes: std::sync::OnceLock<mpsc::UnboundedSender<InterestChange>>,
+}
+
+/// The routing key of deliveries for one hub and scope; an edge is interested in those of its connections.
+pub fn interest_key(hub: &str, scope: &Scope) -> String {
+    match scope {
+        Scope::Tenant(key) => format!("d.{hub}.t.{key}"),
+        Scope::Admin => format!("d.{hub}.admin"),
+        Scope::Everyone => format!("d.{hub}.all"),
+    }
+}
+
+/// A connection's interest in deliveries; dropping it withdraws the interest.
+pub struct InterestGuard {
+    edge: Arc<Edge>,
+    keys: Vec<String>,
+}
+
+impl Drop for InterestGuard {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            self.edge.remove_interest(key);
+        }
+    }
 }
 
 /// A reserved place among a key's connections; dropping it frees the place.
@@ -79,6 +106,55 @@ impl Edge {
             revoked: RwLock::default(),
             provider_health: Arc::default(),
             webhook_stats,
+            interest: Mutex::default(),
+            interest_changes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Makes this edge deliver by interest: bindings follow its connections through `changes`.
+    pub fn attach_bus(&self, changes: mpsc::UnboundedSender<InterestChange>) {
+        let _ = self.interest_changes.set(changes);
+    }
+
+    /// Every routing key some connection here needs, for rebinding after a reconnect.
+    pub fn interest_keys(&self) -> Vec<String> {
+        self.interest.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Registers a connection's interest in its hub's deliveries for `scopes` and waits (a few seconds at
+    /// most) until the bus delivers them, so a client whose handshake completed misses nothing.
+    pub async fn register_interest(self: &Arc<Self>, hub: &str, scopes: &[Scope]) -> InterestGuard {
+        let keys: Vec<String> = scopes.iter().map(|scope| interest_key(hub, scope)).collect();
+        let mut waits = Vec::new();
+        if let Some(changes) = self.interest_changes.get() {
+            let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+            for key in &keys {
+                let count = interest.entry(key.clone()).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    let (done, wait) = oneshot::channel();
+                    let _ = changes.send(InterestChange::Bind { key: key.clone(), done });
+                    waits.push(wait);
+                }
+            }
+        }
+        for wait in waits {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), wait).await.is_err() {
+                tracing::warn!(hub, "the bus did not confirm a binding in time; continuing");
+            }
+        }
+        InterestGuard { edge: Arc::clone(self), keys }
+    }
+
+    fn remove_interest(&self, key: &str) {
+        let Some(changes) = self.interest_changes.get() else { return };
+        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = interest.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                interest.remove(key);
+                let _ = changes.send(InterestChange::Unbind { key: key.to_owned() });
+            }
         }
     }
 

@@ -84,6 +84,9 @@ impl Session {
         };
         let protocol = agreed.protocol;
         self.connection.set_protocol(protocol);
+        // Deliveries must flow before the client hears `{}`: a client may publish-and-wait right after.
+        let scopes = self.hub.scopes(&self.connection.scope);
+        let _interest = self.edge.register_interest(self.hub.name(), &scopes).await;
         self.connection.send(handshake::response(None));
         self.hub.on_connected(caller);
         tracing::info!(

@@ -193,6 +193,12 @@ pub trait Hub: Send + Sync + 'static {
     /// Client-callable methods, spelled as clients see them; calls match case-insensitively.
     fn methods(&self) -> &'static [&'static str];
 
+    /// The scopes whose deliveries a connection of this hub needs: its own, and for hubs with
+    /// hub-wide events (`all`) everyone's.
+    fn scopes(&self, own: &Scope) -> Vec<Scope> {
+        vec![own.clone()]
+    }
+
     /// Runs once the handshake is done. By default every tenant connection joins `vkey-{id}` and every
     /// admin connection joins `admin`.
     fn on_connected(&self, caller: &mut Caller) {

@@ -5,6 +5,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 
 use super::{Arguments, Audience, Caller, Hub, HubError, HubResult};
+use crate::edge::groups::Scope;
 use crate::events::notifications::EVENT_NAMES;
 use crate::events::types::Severity;
 
@@ -21,6 +22,10 @@ impl Hub for NotificationsHub {
 
     fn methods(&self) -> &'static [&'static str] {
         &["UpdatePreferences"]
+    }
+
+    fn scopes(&self, own: &Scope) -> Vec<Scope> {
+        vec![own.clone(), Scope::Everyone]
     }
 
     /// Besides its key's group, every connection hears `all.` notifications.

@@ -139,18 +139,24 @@ impl Protocol {
 /// serializes the event at most twice.
 #[derive(Debug)]
 pub struct EncodedMessage {
-    message: HubMessage,
+    /// The message itself, when it was made here; `None` when it arrived already encoded from a router.
+    message: Option<HubMessage>,
     json: std::sync::OnceLock<Bytes>,
     msgpack: std::sync::OnceLock<Bytes>,
 }
 
 impl EncodedMessage {
     pub fn new(message: HubMessage) -> Self {
-        Self { message, json: std::sync::OnceLock::new(), msgpack: std::sync::OnceLock::new() }
+        Self { message: Some(message), json: std::sync::OnceLock::new(), msgpack: std::sync::OnceLock::new() }
     }
 
-    pub fn message(&self) -> &HubMessage {
-        &self.message
+    /// A message a router encoded in both protocols.
+    pub fn preencoded(json: Bytes, msgpack: Bytes) -> Self {
+        Self { message: None, json: json.into(), msgpack: msgpack.into() }
+    }
+
+    pub fn message(&self) -> Option<&HubMessage> {
+        self.message.as_ref()
     }
 
     pub fn bytes(&self, protocol: Protocol) -> &Bytes {
@@ -158,7 +164,8 @@ impl EncodedMessage {
             Protocol::Json => &self.json,
             Protocol::MessagePack => &self.msgpack,
         };
-        cell.get_or_init(|| protocol.encode(&self.message))
+        // Pre-encoded messages have both cells set, so this closure only runs for local ones.
+        cell.get_or_init(|| self.message.as_ref().map(|m| protocol.encode(m)).unwrap_or_default())
     }
 }
 

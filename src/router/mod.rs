@@ -234,7 +234,9 @@ mod tests {
         dispatches
             .iter()
             .filter_map(|d| match d {
-                Dispatch::Deliver(d) => Some((d.hub, d.scope.clone(), d.groups.clone(), d.message.message())),
+                Dispatch::Deliver(d) => {
+                    Some((d.hub, d.scope.clone(), d.groups.clone(), d.message.message().unwrap()))
+                }
                 _ => None,
             })
             .collect()

@@ -1,0 +1,449 @@
+//! The RabbitMQ bus: producers publish to one topic exchange per hub; routers consume the hub queues and
+//! forward pre-encoded deliveries to the edges that have interested connections.
+//!
+//! Topology (prefix `conduit.` by default):
+//! - `conduit.<hub>`: durable topic exchange per hub, where producers publish `<audience>.<Event>`.
+//! - `conduit.<hub>.router`: the routers' durable queue per hub (quorum by default), bound with `#`. The
+//!   spend queue has a single active consumer, so budget alert cooldowns hold with any number of routers.
+//! - `conduit.dead-letter`: durable fanout exchange and queue for what cannot be delivered.
+//! - `conduit.hubcast.edges`: topic exchange of deliveries, routing key `d.<hub>.<scope>`; each edge binds
+//!   its own exclusive queue to the scopes (tenant, `admin`, `all`) its connections belong to.
+//! - `conduit.hubcast.state`: a stream of state changes (revocations, provider health, webhook outcomes)
+//!   that every edge replays at start and follows after, so every edge answers alike and a restarted edge
+//!   knows what happened before it.
+
+pub mod edge;
+pub mod publisher;
+pub mod router;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::KeyId;
+use crate::config::BusConfig;
+use crate::edge::connection::EventFilter;
+use crate::edge::groups::Scope;
+use crate::edge::Delivery;
+use crate::events::types::Severity;
+use crate::events::HUBS;
+use crate::protocol::{EncodedMessage, Protocol};
+use crate::router::Dispatch;
+use crate::state::webhook_stats::DeliveryOutcome;
+
+/// Exchange and queue names under the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    pub fn hub_exchange(&self, hub: &str) -> String {
+        format!("{}{hub}", self.prefix)
+    }
+
+    pub fn router_queue(&self, hub: &str) -> String {
+        format!("{}{hub}.router", self.prefix)
+    }
+
+    pub fn dead_letter(&self) -> String {
+        format!("{}dead-letter", self.prefix)
+    }
+
+    pub fn edges_exchange(&self) -> String {
+        format!("{}hubcast.edges", self.prefix)
+    }
+
+    pub fn state_stream(&self) -> String {
+        format!("{}hubcast.state", self.prefix)
+    }
+
+    pub fn edge_queue(&self, node: &str) -> String {
+        format!("{}hubcast.edge.{node}", self.prefix)
+    }
+
+    /// The hub whose exchange this is.
+    pub fn hub_of_exchange(&self, exchange: &str) -> Option<&'static str> {
+        let hub = exchange.strip_prefix(&self.prefix)?;
+        HUBS.into_iter().find(|name| *name == hub)
+    }
+}
+
+pub use crate::edge::interest_key as delivery_key;
+
+/// Whether the bus is connected with its topology in place: `/readyz` answers from this.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Exponential backoff for reconnecting: 100 ms doubling to 5 s.
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+pub async fn connect(config: &BusConfig, name: &str) -> anyhow::Result<Connection> {
+    let url = config.amqp_url.as_deref().context("bus.amqp_url is not set")?;
+    Connection::connect(url, ConnectionProperties::default().with_connection_name(name.into()))
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", redact(url)))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in entries {
+        table.insert(ShortString::from(*key), value.clone());
+    }
+    table
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Declares what producers and routers share: the hub exchanges, their router queues and the
+/// dead-letter exchange and queue. Idempotent, as RabbitMQ declarations with equal arguments are.
+pub async fn declare_hub_topology(channel: &Channel, config: &BusConfig) -> anyhow::Result<()> {
+    let names = Names::new(&config.exchange_prefix);
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    for hub in HUBS {
+        channel
+            .exchange_declare(
+                names.hub_exchange(hub).into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring exchange {}", names.hub_exchange(hub)))?;
+        let mut arguments = vec![("x-queue-type", long_string(&config.queue_type))];
+        if hub == "spend" {
+            // One router at a time holds the spend queue, so cooldowns are decided in one place.
+            arguments.push(("x-single-active-consumer", AMQPValue::Boolean(true)));
+        }
+        channel
+            .queue_declare(
+                names.router_queue(hub).into(),
+                QueueDeclareOptions { durable: true, ..Default::default() },
+                table(&arguments),
+            )
+            .await
+            .with_context(|| format!("declaring queue {}", names.router_queue(hub)))?;
+        channel
+            .queue_bind(
+                names.router_queue(hub).into(),
+                names.hub_exchange(hub).into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .exchange_declare(names.dead_letter().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await
+        .context("declaring the dead-letter exchange")?;
+    channel
+        .queue_declare(
+            names.dead_letter().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the dead-letter queue")?;
+    channel
+        .queue_bind(
+            names.dead_letter().into(),
+            names.dead_letter().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Declares what routers and edges share: the deliveries exchange and the state stream.
+pub async fn declare_edge_topology(channel: &Channel, config: &BusConfig) -> anyhow::Result<()> {
+    let names = Names::new(&config.exchange_prefix);
+    channel
+        .exchange_declare(
+            names.edges_exchange().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the edges exchange")?;
+    channel
+        .queue_declare(
+            names.state_stream().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            table(&[
+                ("x-queue-type", long_string("stream")),
+                ("x-max-length-bytes", AMQPValue::LongLongInt(config.state_stream_max_bytes as i64)),
+                ("x-stream-max-segment-size-bytes", AMQPValue::LongLongInt(8 * 1024 * 1024)),
+            ]),
+        )
+        .await
+        .context("declaring the state stream")?;
+    Ok(())
+}
+
+/// The metadata travelling with a delivery.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeliveryMeta {
+    hub: String,
+    scope: String,
+    groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filter: Option<(u8, Severity)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+}
+
+/// A delivery as it travels from router to edges: its metadata, then the message encoded in each protocol.
+/// Encoding happens once, in the router; edges share the received bytes among their connections.
+pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>) -> Vec<u8> {
+    let meta = DeliveryMeta {
+        hub: delivery.hub.to_owned(),
+        scope: match &delivery.scope {
+            Scope::Tenant(key) => format!("t.{key}"),
+            Scope::Admin => "admin".into(),
+            Scope::Everyone => "all".into(),
+        },
+        groups: delivery.groups.clone(),
+        filter: delivery.filter.map(|f| (f.event, f.severity)),
+        message_id: message_id.map(str::to_owned),
+    };
+    let meta = serde_json::to_vec(&meta).expect("delivery metadata serializes");
+    let json = delivery.message.bytes(Protocol::Json);
+    let msgpack = delivery.message.bytes(Protocol::MessagePack);
+    let mut out = BytesMut::with_capacity(9 + meta.len() + json.len() + msgpack.len());
+    out.put_u8(1);
+    out.put_u32(meta.len() as u32);
+    out.put_slice(&meta);
+    out.put_u32(json.len() as u32);
+    out.put_slice(json);
+    out.put_slice(msgpack);
+    out.to_vec()
+}
+
+/// Reads a delivery back; `None` for anything malformed (logged by the caller).
+pub fn decode_delivery(bytes: Bytes) -> Option<(Delivery, Option<String>)> {
+    let mut cursor = bytes.clone();
+    if cursor.remaining() < 5 || cursor.get_u8() != 1 {
+        return None;
+    }
+    let meta_len = cursor.get_u32() as usize;
+    if cursor.remaining() < meta_len + 4 {
+        return None;
+    }
+    let meta: DeliveryMeta = serde_json::from_slice(&cursor[..meta_len]).ok()?;
+    cursor.advance(meta_len);
+    let json_len = cursor.get_u32() as usize;
+    if cursor.remaining() < json_len {
+        return None;
+    }
+    let json = cursor.split_to(json_len);
+    let msgpack = cursor;
+    let scope = match meta.scope.as_str() {
+        "admin" => Scope::Admin,
+        "all" => Scope::Everyone,
+        tenant => Scope::Tenant(KeyId::parse(tenant.strip_prefix("t.")?)?),
+    };
+    let hub = HUBS.into_iter().find(|name| *name == meta.hub)?;
+    let delivery = Delivery {
+        hub,
+        scope,
+        groups: meta.groups,
+        filter: meta.filter.map(|(event, severity)| EventFilter { event, severity }),
+        message: std::sync::Arc::new(EncodedMessage::preencoded(json, msgpack)),
+    };
+    Some((delivery, meta.message_id))
+}
+
+/// A state change on the state stream.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum StateChange {
+    Revoke { key: String },
+    Restore { key: String },
+    ProviderHealth { provider: String, status: Value, message: Value, checked_at: String },
+    WebhookOutcome { key: String, url: String, outcome: String, response_time_ms: Option<f64>, at_ms: u64 },
+}
+
+impl StateChange {
+    /// The stream form of a dispatch; `None` for deliveries, which go to the edges exchange instead.
+    pub fn from_dispatch(dispatch: &Dispatch) -> Option<Self> {
+        Some(match dispatch {
+            Dispatch::Deliver(_) => return None,
+            Dispatch::Revoke(key) => StateChange::Revoke { key: key.to_string() },
+            Dispatch::Restore(key) => StateChange::Restore { key: key.to_string() },
+            Dispatch::ProviderHealth { provider, status, message, checked_at } => {
+                StateChange::ProviderHealth {
+                    provider: provider.clone(),
+                    status: status.clone(),
+                    message: message.clone(),
+                    checked_at: checked_at.clone(),
+                }
+            }
+            Dispatch::WebhookOutcome { key, url, outcome, at } => {
+                let (outcome, response_time_ms) = match outcome {
+                    DeliveryOutcome::Attempted => ("attempted", None),
+                    DeliveryOutcome::Succeeded { response_time_ms } => ("succeeded", *response_time_ms),
+                    DeliveryOutcome::Failed => ("failed", None),
+                    DeliveryOutcome::RetryScheduled => ("retryScheduled", None),
+                };
+                StateChange::WebhookOutcome {
+                    key: key.to_string(),
+                    url: url.clone(),
+                    outcome: outcome.into(),
+                    response_time_ms,
+                    at_ms: at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+                }
+            }
+        })
+    }
+
+    /// The dispatch an edge applies.
+    pub fn into_dispatch(self) -> Option<Dispatch> {
+        Some(match self {
+            StateChange::Revoke { key } => Dispatch::Revoke(KeyId::parse(&key)?),
+            StateChange::Restore { key } => Dispatch::Restore(KeyId::parse(&key)?),
+            StateChange::ProviderHealth { provider, status, message, checked_at } => {
+                Dispatch::ProviderHealth { provider, status, message, checked_at }
+            }
+            StateChange::WebhookOutcome { key, url, outcome, response_time_ms, at_ms } => {
+                Dispatch::WebhookOutcome {
+                    key: KeyId::parse(&key)?,
+                    url,
+                    outcome: match outcome.as_str() {
+                        "attempted" => DeliveryOutcome::Attempted,
+                        "succeeded" => DeliveryOutcome::Succeeded { response_time_ms },
+                        "failed" => DeliveryOutcome::Failed,
+                        "retryScheduled" => DeliveryOutcome::RetryScheduled,
+                        _ => return None,
+                    },
+                    at: UNIX_EPOCH + Duration::from_millis(at_ms),
+                }
+            }
+        })
+    }
+}
+
+/// Milliseconds since the epoch, for AMQP timestamps (which are seconds) and latency.
+pub fn now_unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::HubMessage;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    #[test]
+    fn deliveries_survive_the_trip_with_both_encodings() {
+        let message =
+            Arc::new(EncodedMessage::new(HubMessage::event("TaskProgress", vec![json!("a"), json!(5)])));
+        let delivery = Delivery {
+            hub: "tasks",
+            scope: Scope::Tenant(KeyId::parse("7").unwrap()),
+            groups: vec!["task-a".into(), "task-type-v".into()],
+            filter: Some(EventFilter { event: 3, severity: Severity::Warning }),
+            message: Arc::clone(&message),
+        };
+        let (decoded, id) = decode_delivery(Bytes::from(encode_delivery(&delivery, Some("m1")))).unwrap();
+        assert_eq!(id.as_deref(), Some("m1"));
+        assert_eq!(decoded.hub, "tasks");
+        assert_eq!(decoded.scope, delivery.scope);
+        assert_eq!(decoded.groups, delivery.groups);
+        assert_eq!(decoded.filter, delivery.filter);
+        for protocol in Protocol::ALL {
+            assert_eq!(decoded.message.bytes(protocol), message.bytes(protocol));
+        }
+        assert!(decode_delivery(Bytes::from_static(b"\x02garbage")).is_none());
+        assert!(decode_delivery(Bytes::from_static(b"\x01\x00\x00\x10\x00")).is_none());
+    }
+
+    #[test]
+    fn state_changes_round_trip() {
+        let key = KeyId::parse("7").unwrap();
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let dispatch = Dispatch::WebhookOutcome {
+            key,
+            url: "https://a/h".into(),
+            outcome: DeliveryOutcome::Succeeded { response_time_ms: Some(12.5) },
+            at,
+        };
+        let change = StateChange::from_dispatch(&dispatch).unwrap();
+        let text = serde_json::to_string(&change).unwrap();
+        let back: StateChange = serde_json::from_str(&text).unwrap();
+        match back.into_dispatch().unwrap() {
+            Dispatch::WebhookOutcome { outcome, at: back_at, .. } => {
+                assert_eq!(outcome, DeliveryOutcome::Succeeded { response_time_ms: Some(12.5) });
+                assert_eq!(back_at, at);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_and_keys() {
+        let names = Names::new("conduit.");
+        assert_eq!(names.hub_exchange("tasks"), "conduit.tasks");
+        assert_eq!(names.hub_of_exchange("conduit.admin-notifications"), Some("admin-notifications"));
+        assert_eq!(names.hub_of_exchange("other.tasks"), None);
+        assert_eq!(delivery_key("tasks", &Scope::Tenant(KeyId::parse("7").unwrap())), "d.tasks.t.7");
+        assert_eq!(redact("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+    }
+}

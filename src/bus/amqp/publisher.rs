@@ -1,0 +1,70 @@
+//! Publishing events to RabbitMQ with publisher confirms: `hubcast publish`, and the publish API of
+//! `serve` and `edge` when they run on RabbitMQ.
+
+use anyhow::{bail, Context};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+
+use super::{connect, declare_hub_topology, now_unix_seconds, Names};
+use crate::config::BusConfig;
+
+pub struct Publisher {
+    // Kept so the connection lives as long as its channel.
+    _connection: Connection,
+    channel: Channel,
+    names: Names,
+}
+
+impl Publisher {
+    /// Connects and declares the hub topology, so an event published before any router ever ran still
+    /// lands in the durable router queue instead of being dropped by an exchange with no queue.
+    pub async fn connect(config: &BusConfig) -> anyhow::Result<Self> {
+        let connection = connect(config, "hubcast-publisher").await?;
+        let channel = connection.create_channel().await?;
+        declare_hub_topology(&channel, config).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { _connection: connection, channel, names: Names::new(&config.exchange_prefix) })
+    }
+
+    /// Publishes one event and waits until the broker has taken responsibility for it.
+    pub async fn publish(
+        &self,
+        hub: &str,
+        routing_key: &str,
+        message_id: Option<&str>,
+        body: &[u8],
+        traceparent: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let message_id = message_id.map_or_else(crate::transport::negotiate::random_id, str::to_owned);
+        let event = routing_key.rsplit('.').next().unwrap_or_default();
+        let mut headers = FieldTable::default();
+        if let Some(traceparent) = traceparent {
+            headers.insert("traceparent".into(), AMQPValue::LongString(LongString::from(traceparent)));
+        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(message_id.as_str().into())
+            .with_timestamp(now_unix_seconds())
+            .with_type(event.into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirmation = self
+            .channel
+            .basic_publish(
+                self.names.hub_exchange(hub).into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .context("publishing to RabbitMQ")?
+            .await
+            .context("waiting for the broker's confirm")?;
+        match confirmation {
+            Confirmation::Ack(_) => Ok(message_id),
+            other => bail!("the broker did not accept the event: {other:?}"),
+        }
+    }
+}
