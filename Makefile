@@ -3,7 +3,7 @@
 CARGO ?= cargo
 JS_DIR := tests/js
 
-.PHONY: all build run test test-rust test-js lint fmt clean
+.PHONY: all build run test test-rust test-js lint fmt clean rabbitmq
 
 all: build
 
@@ -24,7 +24,11 @@ test-rust:
 $(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund
 
-test-js: $(JS_DIR)/node_modules/.package-lock.json
+## Start (or install) the RabbitMQ broker the pipeline tests use.
+rabbitmq:
+	./scripts/ensure-rabbitmq.sh
+
+test-js: $(JS_DIR)/node_modules/.package-lock.json rabbitmq
 	$(CARGO) build
 	cd $(JS_DIR) && SERVER_BIN=$(CURDIR)/target/debug/hubcast npm test
 
