@@ -150,6 +150,10 @@ async fn session(
             },
             next = deliveries.next() => {
                 let delivery = next.context("the broker cancelled the edge's consumer")??;
+                // The producer's trace continues here when it sent one.
+                let span = super::header(&delivery.properties, "traceparent")
+                    .map(|traceparent| tracing::info_span!("deliver", traceparent));
+                let _entered = span.as_ref().map(tracing::Span::enter);
                 match decode_delivery(Bytes::from(delivery.data)) {
                     Some((delivery, Some(id))) if !dedupe.first_time(&id) => {
                         tracing::debug!(hub = delivery.hub, id, "dropping a redelivered event");

@@ -379,7 +379,16 @@ impl StateChange {
     }
 }
 
-/// Milliseconds since the epoch, for AMQP timestamps (which are seconds) and latency.
+/// A string header of a message, such as `traceparent`.
+pub fn header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Seconds since the epoch, as AMQP timestamps count.
 pub fn now_unix_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }

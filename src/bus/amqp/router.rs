@@ -13,7 +13,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +111,7 @@ async fn handle(
 ) -> anyhow::Result<Vec<PublisherConfirm>> {
     let routing_key = delivery.routing_key.as_str();
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
-    let traceparent = header(delivery, "traceparent");
+    let traceparent = super::header(&delivery.properties, "traceparent");
     let span = tracing::info_span!(
         "route",
         routing_key,
@@ -230,13 +230,4 @@ async fn settle(delivery: AmqpDelivery, confirms: Vec<PublisherConfirm>) -> anyh
     }
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
-}
-
-fn header(delivery: &AmqpDelivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(&ShortString::from(name))? {
-        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
-        _ => None,
-    }
 }
