@@ -206,7 +206,12 @@ fn parse_as<E: Event>(body: &Value) -> Result<Parsed, EventError> {
     let Value::Object(object) = body else {
         return Err(invalid(E::NAME, "the body must be a JSON object"));
     };
-    let event: E = E::deserialize(body).map_err(|e| invalid(E::NAME, e.to_string()))?;
+    // The path names the offending field: "percentComplete: 150 is not an integer from 0 to 100".
+    let event: E = serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        invalid(E::NAME, if path == "." { reason } else { format!("{path}: {reason}") })
+    })?;
     let arguments = match E::ARGS {
         Args::Fields(fields) => {
             fields.iter().map(|f| object.get(*f).cloned().unwrap_or(Value::Null)).collect()

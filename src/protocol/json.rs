@@ -213,8 +213,12 @@ fn write_message(out: &mut Vec<u8>, message: &HubMessage) {
                 out.extend_from_slice(b",\"error\":");
                 write_str(out, error);
             }
+            // An error close states whether to reconnect either way (`Virtual key revoked` says false);
+            // a plain close omits the flag, as ASP.NET Core does.
             if *allow_reconnect {
                 out.extend_from_slice(b",\"allowReconnect\":true");
+            } else if error.is_some() {
+                out.extend_from_slice(b",\"allowReconnect\":false");
             }
             out.push(b'}');
         }
@@ -271,6 +275,19 @@ mod tests {
         assert_eq!(
             &encode(&HubMessage::Ack { sequence_id: 1394 })[..],
             b"{\"type\":8,\"sequenceId\":1394}\x1e"
+        );
+    }
+
+    #[test]
+    fn an_error_close_always_says_whether_to_reconnect() {
+        let revoked = HubMessage::Close { error: Some("Virtual key revoked".into()), allow_reconnect: false };
+        assert_eq!(
+            &encode(&revoked)[..],
+            b"{\"type\":7,\"error\":\"Virtual key revoked\",\"allowReconnect\":false}\x1e"
+        );
+        assert_eq!(
+            &encode(&HubMessage::Close { error: None, allow_reconnect: false })[..],
+            b"{\"type\":7}\x1e"
         );
     }
 

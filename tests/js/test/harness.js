@@ -184,12 +184,16 @@ export class Server {
 
     // --- CLI helpers --------------------------------------------------------------------------
 
-    /** Runs `hubcast token --vkey ID [--ttl T] [--admin]` and returns the token. */
-    mintToken({ vkey = "7", ttl, admin = false } = {}) {
+    /**
+     * Runs `hubcast token --vkey ID [--ttl T] [--max-connections N]` (or `hubcast token --admin`)
+     * and returns the token.
+     */
+    mintToken({ vkey = "7", ttl, admin = false, maxConnections } = {}) {
         const args = ["token"];
-        if (vkey !== undefined && vkey !== null) args.push("--vkey", String(vkey));
-        if (ttl) args.push("--ttl", ttl);
         if (admin) args.push("--admin");
+        else if (vkey !== undefined && vkey !== null) args.push("--vkey", String(vkey));
+        if (ttl) args.push("--ttl", ttl);
+        if (maxConnections !== undefined) args.push("--max-connections", String(maxConnections));
         return new Promise((resolve, reject) => {
             execFile(BIN, args, { env: this.env, timeout: 15_000 }, (err, stdout, stderr) => {
                 if (err) {
@@ -222,6 +226,43 @@ export class Server {
             throw new Error(`publish ${routingKey} answered ${res.status}: ${text}`);
         }
         return { status: res.status, body: text };
+    }
+
+    /**
+     * POST /api/v1/publish with a raw request body object (or string) and headers (the master key
+     * unless `headers` says otherwise); returns {status, body (parsed JSON or text), text} without throwing.
+     */
+    async publishRaw(body, { headers = { "X-API-Key": MASTER_KEY } } = {}) {
+        const res = await fetch(`${this.url}/api/v1/publish`, {
+            method: "POST",
+            headers: { "Content-Type": "application/json", ...headers },
+            body: typeof body === "string" ? body : JSON.stringify(body),
+        });
+        const text = await res.text();
+        let parsed = text;
+        try {
+            parsed = JSON.parse(text);
+        } catch {
+            /* leave as text */
+        }
+        return { status: res.status, body: parsed, text };
+    }
+
+    /**
+     * Runs `hubcast publish --hub H --routing-key K [--message-id ID] JSON` against this server
+     * (same environment, HUBCAST_LISTEN pointing at it); resolves with {code, stdout, stderr}.
+     */
+    cliPublish({ hub, routingKey, messageId, payload, env = {} }) {
+        const args = ["publish", "--hub", hub, "--routing-key", routingKey];
+        if (messageId !== undefined) args.push("--message-id", messageId);
+        args.push(typeof payload === "string" ? payload : JSON.stringify(payload));
+        const cliEnv = { ...this.env, HUBCAST_LISTEN: `127.0.0.1:${this.port}`, ...env };
+        return new Promise((resolve) => {
+            execFile(BIN, args, { env: cliEnv, timeout: 15_000 }, (err, stdout, stderr) => {
+                const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
+                resolve({ code, stdout, stderr, signal: err?.signal ?? null });
+            });
+        });
     }
 
     /** POST {hub}/negotiate; returns {status, body (parsed JSON or text)}. */
@@ -631,3 +672,59 @@ export function assertVoidCompletion(msg, invocationId) {
         throw new Error(`expected a void Completion of invocation ${JSON.stringify(invocationId)}, got ${JSON.stringify(msg)}`);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Recording several events of one connection, in arrival order
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Records every event named in `events` on `connection`, in arrival order, as {event, args}.
+ * `until(predicate, ms)` resolves once predicate(log) is true (rejects after `ms`);
+ * `count(event)` counts the entries of one event; `stop()` removes the handlers.
+ */
+export function record(connection, events) {
+    const log = [];
+    let waiters = [];
+    const handlers = events.map((event) => {
+        const handler = (...args) => {
+            log.push({ event, args });
+            const w = waiters;
+            waiters = [];
+            for (const fn of w) fn();
+        };
+        connection.on(event, handler);
+        return [event, handler];
+    });
+    return {
+        log,
+        count: (event) => log.filter((e) => e.event === event).length,
+        of: (event) => log.filter((e) => e.event === event).map((e) => e.args),
+        async until(predicate, ms = 5000, what = "the expected events") {
+            const deadline = Date.now() + ms;
+            while (!predicate(log)) {
+                const left = deadline - Date.now();
+                if (left <= 0) {
+                    throw new Error(`timed out after ${ms} ms waiting for ${what}; got ${JSON.stringify(log).slice(0, 2000)}`);
+                }
+                let t;
+                await Promise.race([
+                    new Promise((r) => waiters.push(r)),
+                    new Promise((r) => (t = setTimeout(r, left))),
+                ]);
+                clearTimeout(t);
+            }
+            return log;
+        },
+        stop() {
+            for (const [event, handler] of handlers) connection.off(event, handler);
+        },
+    };
+}
+
+/** The HubException text the official client shows for a hub's own refusal. */
+export const HUB_EXCEPTION = (method, text) =>
+    `An unexpected error occurred invoking '${method}' on the server. HubException: ${text}`;
+
+/** The error text for a method the hub does not have. */
+export const NO_SUCH_METHOD = (method) =>
+    `Failed to invoke '${method}' due to an error on the server. HubException: Method does not exist.`;
