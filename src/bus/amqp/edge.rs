@@ -18,7 +18,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{connect, declare_edge_topology, decode_delivery, Backoff, Names, Readiness, StateChange};
+use super::{connect, declare_edge_topology, decode_delivery, Backoff, Names, Readiness, StateMessage};
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::state::dedupe::Dedupe;
@@ -169,11 +169,17 @@ async fn session(
                 if let Some(offset) = stream_offset(&message) {
                     follower.next_offset = Some(offset + 1);
                 }
-                match serde_json::from_slice::<StateChange>(&message.data).ok().and_then(StateChange::into_dispatch) {
-                    Some(dispatch) => {
-                        edge.apply(&dispatch);
+                match serde_json::from_slice::<StateMessage>(&message.data) {
+                    Ok(StateMessage { id: Some(id), .. }) if !dedupe.first_time(&id) => {
+                        tracing::debug!(id, "dropping a repeated state change");
                     }
-                    None => tracing::warn!("ignoring a malformed state change"),
+                    Ok(StateMessage { change, .. }) => match change.into_dispatch() {
+                        Some(dispatch) => {
+                            edge.apply(&dispatch);
+                        }
+                        None => tracing::warn!("ignoring a state change with invalid fields"),
+                    },
+                    Err(error) => tracing::warn!(%error, "ignoring a malformed state change"),
                 }
                 message.ack(BasicAckOptions::default()).await?;
             }

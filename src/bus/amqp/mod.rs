@@ -310,6 +310,16 @@ pub fn decode_delivery(bytes: Bytes) -> Option<(Delivery, Option<String>)> {
     Some((delivery, meta.message_id))
 }
 
+/// A state change as it travels on the state stream: with the id of the event that caused it (and its
+/// index among that event's effects), so a redelivered event does not count twice.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct StateMessage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(flatten)]
+    pub change: StateChange,
+}
+
 /// A state change on the state stream.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "camelCase")]
@@ -434,10 +444,12 @@ mod tests {
             outcome: DeliveryOutcome::Succeeded { response_time_ms: Some(12.5) },
             at,
         };
-        let change = StateChange::from_dispatch(&dispatch).unwrap();
-        let text = serde_json::to_string(&change).unwrap();
-        let back: StateChange = serde_json::from_str(&text).unwrap();
-        match back.into_dispatch().unwrap() {
+        let message =
+            StateMessage { id: Some("m1#2".into()), change: StateChange::from_dispatch(&dispatch).unwrap() };
+        let text = serde_json::to_string(&message).unwrap();
+        let back: StateMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.id.as_deref(), Some("m1#2"));
+        match back.change.into_dispatch().unwrap() {
             Dispatch::WebhookOutcome { outcome, at: back_at, .. } => {
                 assert_eq!(outcome, DeliveryOutcome::Succeeded { response_time_ms: Some(12.5) });
                 assert_eq!(back_at, at);

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     connect, declare_edge_topology, declare_hub_topology, delivery_key, encode_delivery, Backoff, Names,
-    Readiness, StateChange,
+    Readiness, StateChange, StateMessage,
 };
 use crate::config::Config;
 use crate::router::{Dispatch, Router};
@@ -157,7 +157,8 @@ async fn handle(
             }
             state => {
                 let change = StateChange::from_dispatch(state).expect("every non-delivery has a state form");
-                let body = serde_json::to_vec(&change)?;
+                let id = message_id.as_ref().map(|id| format!("{id}#{index}"));
+                let body = serde_json::to_vec(&StateMessage { id, change })?;
                 publish
                     .basic_publish(
                         "".into(),
