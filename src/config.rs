@@ -115,6 +115,12 @@ pub struct SignalRConfig {
     /// How long a negotiated connection may wait for its transport request.
     #[serde(with = "humantime_serde")]
     pub negotiate_timeout: Duration,
+    /// How long a long poll waits for messages before answering empty.
+    #[serde(with = "humantime_serde")]
+    pub long_poll_timeout: Duration,
+    /// How long a Long Polling client may go without polling before its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub disconnect_timeout: Duration,
 }
 
 impl Default for Config {
@@ -165,6 +171,8 @@ impl Default for SignalRConfig {
             client_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
             negotiate_timeout: Duration::from_secs(15),
+            long_poll_timeout: Duration::from_secs(90),
+            disconnect_timeout: Duration::from_secs(15),
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Session {
     pub principal: Principal,
     /// False for transports that carry text only (Server-Sent Events).
     pub binary_transport: bool,
+    /// True for Long Polling: its polls keep it alive, so the client timeout does not apply (the JS client
+    /// sends no pings there).
+    pub inherent_keep_alive: bool,
 }
 
 impl Session {
@@ -132,7 +135,7 @@ impl Session {
                     }
                     None => return CloseReason::ClientClosed,
                 },
-                _ = &mut client_timeout => return CloseReason::ClientTimeout,
+                _ = &mut client_timeout, if !self.inherent_keep_alive => return CloseReason::ClientTimeout,
                 _ = &mut expiry => return CloseReason::TokenExpired,
                 _ = self.connection.closed() => return CloseReason::ServerShutdown,
             }

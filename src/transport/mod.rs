@@ -1,6 +1,9 @@
 //! SignalR transports over HTTP: negotiate, then the transport request for each hub path.
 
+pub mod http;
+pub mod long_polling;
 pub mod negotiate;
+pub mod sse;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -13,10 +16,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
 
 use crate::auth::{AuthError, KeyId, Principal};
+use crate::edge::connection::CloseReason;
 use crate::edge::Edge;
 use crate::hubs::{Audience, Hub};
+use http::TransportKind;
 use negotiate::{random_id, ClaimError, ConnectionTable};
 
 /// What transport handlers share.
@@ -46,18 +52,26 @@ pub fn routes(state: TransportState) -> Router {
                     },
                 ),
             )
-            .route(
-                &path,
+            .route(&path, {
+                let (get_hub, post_hub, delete_hub) = (Arc::clone(&hub), Arc::clone(&hub), Arc::clone(&hub));
                 get(
                     move |State(state): State<TransportState>,
                           RawQuery(query): RawQuery,
                           headers: HeaderMap,
                           upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
-                        let hub = Arc::clone(&hub);
-                        async move { connect(state, hub, parse_query(query.as_deref()), headers, upgrade) }
+                        let hub = Arc::clone(&get_hub);
+                        async move { connect(state, hub, parse_query(query.as_deref()), headers, upgrade).await }
                     },
-                ),
-            );
+                )
+                .post(move |State(state): State<TransportState>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes| {
+                    let hub = Arc::clone(&post_hub);
+                    async move { send(state, hub, parse_query(query.as_deref()), headers, body).await }
+                })
+                .delete(move |State(state): State<TransportState>, RawQuery(query): RawQuery, headers: HeaderMap| {
+                    let hub = Arc::clone(&delete_hub);
+                    async move { close(state, hub, parse_query(query.as_deref()), headers) }
+                })
+            });
     }
     router.with_state(state)
 }
@@ -137,8 +151,8 @@ pub fn connection_limit(edge: &Edge, principal: &Principal) -> Option<(KeyId, u3
     }
 }
 
-/// `GET {hub}`: the transport request.
-fn connect(
+/// `GET {hub}`: a WebSocket, the Server-Sent Events stream, or a long poll.
+async fn connect(
     state: TransportState,
     hub: Arc<dyn Hub>,
     query: HashMap<String, String>,
@@ -150,13 +164,32 @@ fn connect(
         Err(refusal) => return refusal.into_response(),
     };
     let token = query.get("id").cloned();
-    let Ok(upgrade) = upgrade else {
-        return match token {
-            None => (StatusCode::BAD_REQUEST, "Connection ID required").into_response(),
-            Some(_) => (StatusCode::BAD_REQUEST, "This server accepts WebSocket transport requests only")
-                .into_response(),
-        };
+    let kind = match &upgrade {
+        Ok(_) => TransportKind::WebSockets,
+        Err(_) if accepts_event_stream(&headers) => TransportKind::ServerSentEvents,
+        Err(_) => TransportKind::LongPolling,
     };
+    // A later request of a started SSE or Long Polling connection.
+    if let (Some(token), false) = (&token, kind == TransportKind::WebSockets) {
+        match state.connections.http(token, hub.name(), &principal) {
+            Err(error) => return claim_refusal(error),
+            Ok(Some(http))
+                if http.kind == TransportKind::LongPolling && kind == TransportKind::LongPolling =>
+            {
+                return long_polling::poll(http, state.edge.config.signalr.long_poll_timeout).await;
+            }
+            Ok(Some(http)) if http.kind == kind => {
+                return (StatusCode::CONFLICT, "Connection already has an active transport").into_response()
+            }
+            Ok(Some(_)) => {
+                return (StatusCode::BAD_REQUEST, "Cannot change transports mid-connection").into_response()
+            }
+            Ok(None) => {}
+        }
+    }
+    if token.is_none() && kind != TransportKind::WebSockets {
+        return (StatusCode::BAD_REQUEST, "Connection ID required").into_response();
+    }
     let slot = match connection_limit(&state.edge, &principal) {
         Some((key, limit)) => match state.edge.reserve(&key, limit) {
             Some(slot) => Some(slot),
@@ -169,19 +202,100 @@ fn connect(
         None => random_id(),
         Some(token) => match state.connections.claim(token, hub.name(), &principal) {
             Ok(negotiated) => negotiated.connection_id,
-            Err(ClaimError::NotFound) => {
-                return (StatusCode::NOT_FOUND, "No Connection with that ID").into_response()
-            }
-            Err(ClaimError::AlreadyActive) => {
-                return (StatusCode::CONFLICT, "Connection already has an active transport").into_response()
-            }
-            Err(ClaimError::WrongParty) => {
-                return (StatusCode::FORBIDDEN, "The connection belongs to another credential")
-                    .into_response()
-            }
+            Err(error) => return claim_refusal(error),
         },
     };
-    websocket::upgrade(state, upgrade, websocket::Accepted { hub, principal, connection_id, token, slot })
+    match (upgrade, token) {
+        (Ok(upgrade), token) => websocket::upgrade(
+            state,
+            upgrade,
+            websocket::Accepted { hub, principal, connection_id, token, slot },
+        ),
+        (Err(_), Some(token)) => {
+            let keep_alive = state.edge.config.signalr.keep_alive_interval;
+            let disconnect_timeout = state.edge.config.signalr.disconnect_timeout;
+            let http = http::start(&state, kind, hub, principal, connection_id, token, slot);
+            if kind == TransportKind::ServerSentEvents {
+                sse::serve(http, keep_alive).await
+            } else {
+                long_polling::watch(Arc::clone(&http), disconnect_timeout);
+                long_polling::empty()
+            }
+        }
+        (Err(_), None) => (StatusCode::BAD_REQUEST, "Connection ID required").into_response(),
+    }
+}
+
+/// `POST {hub}?id=`: what an SSE or Long Polling client sends.
+async fn send(
+    state: TransportState,
+    hub: Arc<dyn Hub>,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(token) = query.get("id") else {
+        return (StatusCode::BAD_REQUEST, "Connection ID required").into_response();
+    };
+    match state.connections.http(token, hub.name(), &principal) {
+        Err(error) => claim_refusal(error),
+        Ok(None) => {
+            (StatusCode::METHOD_NOT_ALLOWED, "POST requests are not allowed for WebSocket connections.")
+                .into_response()
+        }
+        Ok(Some(http)) => match http.inbound.send(body).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(_) => (StatusCode::NOT_FOUND, "No Connection with that ID").into_response(),
+        },
+    }
+}
+
+/// `DELETE {hub}?id=`: a Long Polling client ends its connection.
+fn close(
+    state: TransportState,
+    hub: Arc<dyn Hub>,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+) -> Response {
+    let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(token) = query.get("id") else {
+        return (StatusCode::BAD_REQUEST, "Connection ID required").into_response();
+    };
+    match state.connections.http(token, hub.name(), &principal) {
+        Err(error) => claim_refusal(error),
+        Ok(Some(http)) if http.kind == TransportKind::LongPolling => {
+            http.connection.close(CloseReason::ClientClosed);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Ok(_) => (StatusCode::BAD_REQUEST, "Cannot terminate this connection using the DELETE endpoint.")
+            .into_response(),
+    }
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"))
+}
+
+fn claim_refusal(error: ClaimError) -> Response {
+    match error {
+        ClaimError::NotFound => (StatusCode::NOT_FOUND, "No Connection with that ID").into_response(),
+        ClaimError::AlreadyActive => {
+            (StatusCode::CONFLICT, "Connection already has an active transport").into_response()
+        }
+        ClaimError::WrongParty => {
+            (StatusCode::FORBIDDEN, "The connection belongs to another credential").into_response()
+        }
+    }
 }
 
 #[cfg(test)]

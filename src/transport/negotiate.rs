@@ -11,6 +11,7 @@ use base64::Engine;
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::http::HttpConnection;
 use super::{authorize, TransportState};
 use crate::auth::Principal;
 use crate::hubs::Hub;
@@ -29,6 +30,8 @@ pub struct Negotiated {
     pub principal: Principal,
     negotiated_at: Instant,
     active: bool,
+    /// The connection's SSE or Long Polling side, once its first transport request started it.
+    http: Option<Arc<HttpConnection>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -53,8 +56,14 @@ impl ConnectionTable {
     }
 
     pub fn insert(&self, token: String, connection_id: String, hub: &'static str, principal: Principal) {
-        let entry =
-            Negotiated { connection_id, hub, principal, negotiated_at: Instant::now(), active: false };
+        let entry = Negotiated {
+            connection_id,
+            hub,
+            principal,
+            negotiated_at: Instant::now(),
+            active: false,
+            http: None,
+        };
         self.lock().insert(token, entry);
     }
 
@@ -70,6 +79,28 @@ impl ConnectionTable {
         }
         entry.active = true;
         Ok(entry.clone())
+    }
+
+    /// Records the HTTP side of a connection that a transport request just started.
+    pub fn attach(&self, token: &str, http: Arc<HttpConnection>) {
+        if let Some(entry) = self.lock().get_mut(token) {
+            entry.http = Some(http);
+        }
+    }
+
+    /// The HTTP side of a started SSE or Long Polling connection, for its later requests.
+    pub fn http(
+        &self,
+        token: &str,
+        hub: &str,
+        principal: &Principal,
+    ) -> Result<Option<Arc<HttpConnection>>, ClaimError> {
+        let entries = self.lock();
+        let entry = entries.get(token).filter(|e| e.hub == hub).ok_or(ClaimError::NotFound)?;
+        if !entry.principal.same_party(principal) {
+            return Err(ClaimError::WrongParty);
+        }
+        Ok(entry.http.clone())
     }
 
     pub fn remove(&self, token: &str) {
@@ -93,7 +124,11 @@ impl ConnectionTable {
 
 /// The transports a hub offers, as negotiate lists them.
 fn available_transports() -> serde_json::Value {
-    json!([{ "transport": "WebSockets", "transferFormats": ["Text", "Binary"] }])
+    json!([
+        { "transport": "WebSockets", "transferFormats": ["Text", "Binary"] },
+        { "transport": "ServerSentEvents", "transferFormats": ["Text"] },
+        { "transport": "LongPolling", "transferFormats": ["Text", "Binary"] },
+    ])
 }
 
 pub async fn negotiate(

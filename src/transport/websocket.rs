@@ -97,6 +97,7 @@ async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
         connection: Arc::clone(&connection),
         principal: accepted.principal,
         binary_transport: true,
+        inherent_keep_alive: false,
     };
     session.run(Box::pin(inbound)).await;
 
