@@ -28,9 +28,18 @@ $(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package-lock.json
 rabbitmq:
 	./scripts/ensure-rabbitmq.sh
 
+# The hub-level tests that run again on each fallback transport (MessagePack cases use Long Polling under SSE).
+TRANSPORT_TESTS := test/connect.test.js test/groups.test.js test/errors.test.js test/hubs.test.js \
+	test/isolation.test.js test/notifications.test.js test/spend.test.js test/webhooks.test.js test/admin.test.js
+
 test-js: $(JS_DIR)/node_modules/.package-lock.json rabbitmq
 	$(CARGO) build
 	cd $(JS_DIR) && SERVER_BIN=$(CURDIR)/target/debug/hubcast npm test
+	cd $(JS_DIR) && for transport in sse longpolling; do \
+		echo "== the hub tests over $$transport"; \
+		TEST_TRANSPORT=$$transport SERVER_BIN=$(CURDIR)/target/debug/hubcast \
+			node --test --test-concurrency=1 $(TRANSPORT_TESTS) || exit 1; \
+	done
 
 lint:
 	$(CARGO) fmt --check

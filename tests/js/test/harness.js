@@ -49,6 +49,19 @@ export const DEFAULT_ENV = {
 const START_TIMEOUT_MS = 20_000;
 const STDERR_KEEP = 64 * 1024;
 
+/**
+ * TEST_TRANSPORT=sse|longpolling reruns the hub tests with every official-client connection forced onto
+ * that transport (tests that pick a transport or skip negotiation keep theirs).
+ */
+export const FORCED_TRANSPORT = {
+    sse: HttpTransportType.ServerSentEvents,
+    longpolling: HttpTransportType.LongPolling,
+    websockets: HttpTransportType.WebSockets,
+}[process.env.TEST_TRANSPORT ?? ""];
+if (process.env.TEST_TRANSPORT && FORCED_TRANSPORT === undefined) {
+    throw new Error(`TEST_TRANSPORT must be sse, longpolling or websockets, not ${process.env.TEST_TRANSPORT}`);
+}
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A fresh id that matches `[A-Za-z0-9_:-]{1,128}`, unique per call. */
@@ -307,6 +320,12 @@ export class Server {
             options.transport = HttpTransportType.WebSockets;
         } else if (transport !== undefined) {
             options.transport = transport;
+        } else if (FORCED_TRANSPORT !== undefined) {
+            options.transport = FORCED_TRANSPORT;
+            // Server-Sent Events carry text only: MessagePack cases run on Long Polling there.
+            if (FORCED_TRANSPORT === HttpTransportType.ServerSentEvents && protocol === "messagepack") {
+                options.transport = HttpTransportType.LongPolling;
+            }
         }
         let builder = new HubConnectionBuilder().withUrl(this.hubUrl(hub), options).configureLogging(logLevel);
         if (protocol === "messagepack") builder = builder.withHubProtocol(new MessagePackHubProtocol());
@@ -317,6 +336,16 @@ export class Server {
         this.connections.add(connection);
         if (start) {
             await withTimeout(connection.start(), 10_000, `connect to ${hub} (${protocol})`);
+            if (options.transport !== undefined) {
+                // The client really uses the transport asked for (it would fall back silently otherwise).
+                const used = connection.connection.transport?.constructor?.name;
+                const expected = {
+                    [HttpTransportType.WebSockets]: "WebSocketTransport",
+                    [HttpTransportType.ServerSentEvents]: "ServerSentEventsTransport",
+                    [HttpTransportType.LongPolling]: "LongPollingTransport",
+                }[options.transport];
+                if (used !== expected) throw new Error(`connected over ${used}, not ${expected}`);
+            }
         }
         return connection;
     }
