@@ -118,9 +118,12 @@ pub struct SignalRConfig {
     /// How long a long poll waits for messages before answering empty.
     #[serde(with = "humantime_serde")]
     pub long_poll_timeout: Duration,
-    /// How long a Long Polling client may go without polling before its connection is closed.
+    /// How long a Long Polling client may go without polling, or a stateful-reconnect connection may wait
+    /// for its client to come back, before the connection is closed.
     #[serde(with = "humantime_serde")]
     pub disconnect_timeout: Duration,
+    /// Bytes of unacknowledged messages kept for replay after a reconnect.
+    pub stateful_reconnect_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -173,6 +176,7 @@ impl Default for SignalRConfig {
             negotiate_timeout: Duration::from_secs(15),
             long_poll_timeout: Duration::from_secs(90),
             disconnect_timeout: Duration::from_secs(15),
+            stateful_reconnect_buffer_bytes: 100_000,
         }
     }
 }

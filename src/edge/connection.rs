@@ -5,8 +5,8 @@
 //! push. The byte count is the bound: a connection that lets more than `limit` bytes pile up is closed as
 //! a slow consumer instead of slowing anyone else down.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -21,8 +21,11 @@ pub type ConnectionId = u64;
 /// What the transport writer takes from the queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// Encoded messages, framing included.
+    /// One encoded hub message, framing included; counted for stateful reconnect.
     Frame(Bytes),
+    /// Bytes that are not a counted hub message (the handshake response): not numbered, not replayed, and
+    /// not held against the queue's bound.
+    Control(Bytes),
     /// Write `last` (a Close message or a handshake refusal) if present, then close the transport.
     Close { last: Option<Bytes> },
 }
@@ -107,6 +110,16 @@ pub struct Connection {
     close_reason: OnceLock<CloseReason>,
     closed: CancellationToken,
     preferences: AtomicU32,
+    resumption: OnceLock<Arc<Resumption>>,
+}
+
+/// What the session and the writer of a stateful-reconnect connection share.
+#[derive(Debug, Default)]
+pub struct Resumption {
+    /// Counted messages received from the client and processed: what our Acks say.
+    pub received: AtomicU64,
+    /// The highest of our counted messages the client acknowledged.
+    pub acked: AtomicU64,
 }
 
 impl std::fmt::Debug for Connection {
@@ -138,6 +151,7 @@ impl Connection {
             close_reason: OnceLock::new(),
             closed: CancellationToken::new(),
             preferences: AtomicU32::new(ALL_EVENTS),
+            resumption: OnceLock::new(),
         };
         (connection, receiver)
     }
@@ -177,6 +191,21 @@ impl Connection {
             return false;
         }
         self.queue.send(Outbound::Frame(frame)).is_ok()
+    }
+
+    /// Queues bytes outside the counted message stream (the handshake response).
+    pub fn send_control(&self, bytes: Bytes) -> bool {
+        !self.closing.load(Ordering::Relaxed) && self.queue.send(Outbound::Control(bytes)).is_ok()
+    }
+
+    /// Turns on stateful reconnect for this connection (handshake version 2 after negotiate offered it).
+    pub fn enable_resumption(&self) -> Arc<Resumption> {
+        Arc::clone(self.resumption.get_or_init(Arc::default))
+    }
+
+    /// The stateful reconnect counters, when the connection uses it.
+    pub fn resumption(&self) -> Option<&Arc<Resumption>> {
+        self.resumption.get()
     }
 
     /// Queues one message in this connection's protocol.

@@ -11,12 +11,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::time::{sleep, sleep_until, Instant};
 
-use super::connection::{CloseReason, Connection};
+use super::connection::{CloseReason, Connection, Resumption};
 use super::Edge;
 use crate::auth::Principal;
 use crate::hubs::{Arguments, Caller, Hub, HubError};
 use crate::protocol::handshake::{self, HandshakeError};
 use crate::protocol::{HubMessage, Invocation, Outcome};
+use std::sync::atomic::Ordering;
 
 /// An idle connection's read buffer is dropped once it grows past this, so one large message does not
 /// pin memory for the rest of a long-lived connection.
@@ -32,6 +33,16 @@ pub struct Session {
     /// True for Long Polling: its polls keep it alive, so the client timeout does not apply (the JS client
     /// sends no pings there).
     pub inherent_keep_alive: bool,
+    /// Negotiate offered stateful reconnect; a version 2 handshake turns it on.
+    pub stateful_offered: bool,
+}
+
+/// The session's side of stateful reconnect: counting the client's messages and dropping repeats.
+#[derive(Default)]
+struct Inbound {
+    resumption: Option<Arc<Resumption>>,
+    /// Counted messages still to drop: the client replays from its Sequence, we had some already.
+    repeats_to_skip: u64,
 }
 
 impl Session {
@@ -90,7 +101,11 @@ impl Session {
         // Deliveries must flow before the client hears `{}`: a client may publish-and-wait right after.
         let scopes = self.hub.scopes(&self.connection.scope);
         let _interest = self.edge.register_interest(self.hub.name(), &scopes).await;
-        self.connection.send(handshake::response(None));
+        let mut inbound_state = Inbound::default();
+        if self.stateful_offered && agreed.version >= 2 {
+            inbound_state.resumption = Some(self.connection.enable_resumption());
+        }
+        self.connection.send_control(handshake::response(None));
         self.hub.on_connected(caller);
         tracing::info!(
             target: "audit",
@@ -113,8 +128,20 @@ impl Session {
             loop {
                 match protocol.parse(&mut buffer, max_message_size) {
                     Ok(Some(message)) => {
+                        let counted = is_counted(&message);
+                        match inbound_state.admit(&message) {
+                            Ok(false) => continue,
+                            Ok(true) => {}
+                            Err(reason) => {
+                                tracing::info!(connection = %self.connection.public_id, reason, "closing on a protocol error");
+                                return CloseReason::ProtocolError;
+                            }
+                        }
                         if let Some(reason) = self.dispatch(caller, &mut rate_limit, message).await {
                             return reason;
+                        }
+                        if counted {
+                            inbound_state.processed();
                         }
                     }
                     Ok(None) => break,
@@ -229,6 +256,51 @@ impl Session {
     }
 }
 
+/// Messages that stateful reconnect numbers and replays (HubProtocol.md: types 1 to 5).
+fn is_counted(message: &HubMessage) -> bool {
+    matches!(
+        message,
+        HubMessage::Invocation(_)
+            | HubMessage::StreamItem { .. }
+            | HubMessage::Completion { .. }
+            | HubMessage::StreamInvocation(_)
+            | HubMessage::CancelInvocation { .. }
+    )
+}
+
+impl Inbound {
+    /// Whether the session should process a message. Acks and Sequences are taken care of here, and counted
+    /// messages the client replays after a reconnect that were processed before are dropped.
+    fn admit(&mut self, message: &HubMessage) -> Result<bool, &'static str> {
+        let Some(resumption) = &self.resumption else { return Ok(true) };
+        match message {
+            HubMessage::Ack { sequence_id } => {
+                resumption.acked.fetch_max(*sequence_id, Ordering::Relaxed);
+                Ok(false)
+            }
+            HubMessage::Sequence { sequence_id } => {
+                let expected = resumption.received.load(Ordering::Relaxed) + 1;
+                if *sequence_id > expected {
+                    return Err("the client's Sequence is ahead of the messages received");
+                }
+                self.repeats_to_skip = expected - sequence_id;
+                Ok(false)
+            }
+            message if is_counted(message) && self.repeats_to_skip > 0 => {
+                self.repeats_to_skip -= 1;
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    fn processed(&self) {
+        if let Some(resumption) = &self.resumption {
+            resumption.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The error text a client sees, worded as ASP.NET Core words it.
 pub fn error_text(target: &str, error: &HubError) -> String {
     match error {
@@ -304,6 +376,29 @@ mod tests {
             error_text("X", &HubError::Internal(anyhow::anyhow!("secret detail"))),
             "An unexpected error occurred invoking 'X' on the server."
         );
+    }
+
+    #[test]
+    fn replayed_messages_after_a_sequence_are_dropped_once() {
+        let resumption = Arc::new(Resumption::default());
+        let mut inbound = Inbound { resumption: Some(Arc::clone(&resumption)), repeats_to_skip: 0 };
+        let invocation = HubMessage::event("X", vec![]);
+        for _ in 0..3 {
+            assert_eq!(inbound.admit(&invocation), Ok(true));
+            inbound.processed();
+        }
+        // The client saw acks up to 1 and replays from 2: messages 2 and 3 are repeats.
+        assert_eq!(inbound.admit(&HubMessage::Sequence { sequence_id: 2 }), Ok(false));
+        assert_eq!(inbound.admit(&invocation), Ok(false));
+        assert_eq!(inbound.admit(&HubMessage::Ping), Ok(true), "pings are not counted");
+        assert_eq!(inbound.admit(&invocation), Ok(false));
+        assert_eq!(inbound.admit(&invocation), Ok(true), "message 4 is new");
+        assert!(
+            inbound.admit(&HubMessage::Sequence { sequence_id: 9 }).is_err(),
+            "a Sequence ahead is fatal"
+        );
+        assert_eq!(inbound.admit(&HubMessage::Ack { sequence_id: 7 }), Ok(false));
+        assert_eq!(resumption.acked.load(Ordering::Relaxed), 7);
     }
 
     #[tokio::test(start_paused = true)]

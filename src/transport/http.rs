@@ -85,6 +85,7 @@ pub fn start(
         binary_transport: kind != TransportKind::ServerSentEvents,
         // Long polling has its own keep-alive: a poll is always pending or about to be.
         inherent_keep_alive: kind == TransportKind::LongPolling,
+        stateful_offered: false,
     };
     let state = state.clone();
     tokio::spawn(async move {

@@ -56,6 +56,7 @@ async fn poll_once(http: &HttpConnection, generation: u64, timeout: Duration) ->
                 queued += bytes.len();
                 body.extend_from_slice(&bytes);
             }
+            Some(Outbound::Control(bytes)) => body.extend_from_slice(&bytes),
             Some(Outbound::Close { last }) => {
                 body.extend_from_slice(&last.unwrap_or_default());
                 ended = true;

@@ -3,6 +3,7 @@
 pub mod http;
 pub mod long_polling;
 pub mod negotiate;
+pub mod resumable;
 pub mod sse;
 pub mod websocket;
 
@@ -197,11 +198,22 @@ async fn connect(
         },
         None => None,
     };
-    let connection_id = match &token {
+    let (connection_id, stateful) = match &token {
         // skipNegotiation: the connection starts here.
-        None => random_id(),
+        None => (random_id(), false),
         Some(token) => match state.connections.claim(token, hub.name(), &principal) {
-            Ok(negotiated) => negotiated.connection_id,
+            Ok(negotiated) => (negotiated.connection_id, negotiated.stateful),
+            Err(ClaimError::AlreadyActive) if kind == TransportKind::WebSockets => {
+                // A stateful connection's client coming back on a new socket.
+                drop(slot);
+                return match (upgrade, state.connections.resumable(token, hub.name(), &principal)) {
+                    (Ok(upgrade), Some(resumable)) => {
+                        websocket::configure(upgrade, state.edge.config.limits.max_message_size)
+                            .on_upgrade(move |socket| async move { resumable::attach(&resumable, socket) })
+                    }
+                    _ => claim_refusal(ClaimError::AlreadyActive),
+                };
+            }
             Err(error) => return claim_refusal(error),
         },
     };
@@ -209,7 +221,7 @@ async fn connect(
         (Ok(upgrade), token) => websocket::upgrade(
             state,
             upgrade,
-            websocket::Accepted { hub, principal, connection_id, token, slot },
+            websocket::Accepted { hub, principal, connection_id, token, slot, stateful },
         ),
         (Err(_), Some(token)) => {
             let keep_alive = state.edge.config.signalr.keep_alive_interval;

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::http::HttpConnection;
+use super::resumable::Resumable;
 use super::{authorize, TransportState};
 use crate::auth::Principal;
 use crate::hubs::Hub;
@@ -32,6 +33,10 @@ pub struct Negotiated {
     active: bool,
     /// The connection's SSE or Long Polling side, once its first transport request started it.
     http: Option<Arc<HttpConnection>>,
+    /// Negotiate offered stateful reconnect (the client asked for it).
+    pub stateful: bool,
+    /// A stateful WebSocket connection a new socket may resume.
+    resumable: Option<Arc<Resumable>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -55,7 +60,14 @@ impl ConnectionTable {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn insert(&self, token: String, connection_id: String, hub: &'static str, principal: Principal) {
+    pub fn insert(
+        &self,
+        token: String,
+        connection_id: String,
+        hub: &'static str,
+        principal: Principal,
+        stateful: bool,
+    ) {
         let entry = Negotiated {
             connection_id,
             hub,
@@ -63,6 +75,8 @@ impl ConnectionTable {
             negotiated_at: Instant::now(),
             active: false,
             http: None,
+            stateful,
+            resumable: None,
         };
         self.lock().insert(token, entry);
     }
@@ -71,11 +85,11 @@ impl ConnectionTable {
     pub fn claim(&self, token: &str, hub: &str, principal: &Principal) -> Result<Negotiated, ClaimError> {
         let mut entries = self.lock();
         let entry = entries.get_mut(token).filter(|e| e.hub == hub).ok_or(ClaimError::NotFound)?;
-        if entry.active {
-            return Err(ClaimError::AlreadyActive);
-        }
         if !entry.principal.same_party(principal) {
             return Err(ClaimError::WrongParty);
+        }
+        if entry.active {
+            return Err(ClaimError::AlreadyActive);
         }
         entry.active = true;
         Ok(entry.clone())
@@ -86,6 +100,20 @@ impl ConnectionTable {
         if let Some(entry) = self.lock().get_mut(token) {
             entry.http = Some(http);
         }
+    }
+
+    /// Records that a stateful WebSocket connection can be resumed on this token.
+    pub fn attach_resumable(&self, token: &str, resumable: Arc<Resumable>) {
+        if let Some(entry) = self.lock().get_mut(token) {
+            entry.resumable = Some(resumable);
+        }
+    }
+
+    /// The connection a reconnecting socket resumes, if the token has one.
+    pub fn resumable(&self, token: &str, hub: &str, principal: &Principal) -> Option<Arc<Resumable>> {
+        let entries = self.lock();
+        let entry = entries.get(token).filter(|e| e.hub == hub && e.principal.same_party(principal))?;
+        entry.resumable.clone()
     }
 
     /// The HTTP side of a started SSE or Long Polling connection, for its later requests.
@@ -160,14 +188,21 @@ pub async fn negotiate(
     let connection_id = random_id();
     // Version 0 clients connect with the public id itself; version 1 separates a secret token from it.
     let token = if version >= 1 { random_id() } else { connection_id.clone() };
-    state.connections.insert(token.clone(), connection_id.clone(), hub.name(), principal);
+    // Offered only when asked: a server that says true unasked breaks the JS client.
+    let stateful =
+        version >= 1 && query.get("usestatefulreconnect").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    state.connections.insert(token.clone(), connection_id.clone(), hub.name(), principal, stateful);
     let body = if version >= 1 {
-        json!({
+        let mut body = json!({
             "negotiateVersion": 1,
             "connectionId": connection_id,
             "connectionToken": token,
             "availableTransports": available_transports(),
-        })
+        });
+        if stateful {
+            body["useStatefulReconnect"] = json!(true);
+        }
+        body
     } else {
         json!({
             "negotiateVersion": 0,
@@ -202,7 +237,7 @@ mod tests {
     #[test]
     fn a_token_is_claimed_once_by_its_own_party_on_its_own_hub() {
         let table = ConnectionTable::default();
-        table.insert("t".into(), "c".into(), "tasks", tenant("7"));
+        table.insert("t".into(), "c".into(), "tasks", tenant("7"), false);
         assert_eq!(table.claim("t", "spend", &tenant("7")).unwrap_err(), ClaimError::NotFound);
         assert_eq!(table.claim("t", "tasks", &tenant("9")).unwrap_err(), ClaimError::WrongParty);
         assert_eq!(table.claim("t", "tasks", &tenant("7")).unwrap().connection_id, "c");
@@ -214,11 +249,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unclaimed_negotiations_expire() {
         let table = ConnectionTable::default();
-        table.insert("old".into(), "c1".into(), "tasks", tenant("7"));
-        table.insert("active".into(), "c2".into(), "tasks", tenant("7"));
+        table.insert("old".into(), "c1".into(), "tasks", tenant("7"), false);
+        table.insert("active".into(), "c2".into(), "tasks", tenant("7"), false);
         table.claim("active", "tasks", &tenant("7")).unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
-        table.insert("new".into(), "c3".into(), "tasks", tenant("7"));
+        table.insert("new".into(), "c3".into(), "tasks", tenant("7"), false);
         table.expire_pending(Duration::from_secs(15));
         assert_eq!(table.claim("old", "tasks", &tenant("7")).unwrap_err(), ClaimError::NotFound);
         assert_eq!(table.claim("active", "tasks", &tenant("7")).unwrap_err(), ClaimError::AlreadyActive);

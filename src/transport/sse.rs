@@ -94,6 +94,7 @@ impl Writer {
                     queued += bytes.len();
                     payload.extend_from_slice(&bytes);
                 }
+                Some(Outbound::Control(bytes)) => payload.extend_from_slice(&bytes),
                 Some(Outbound::Close { last }) => {
                     payload.extend_from_slice(&last.unwrap_or_default());
                     self.closed = true;

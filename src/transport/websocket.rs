@@ -30,7 +30,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// SignalR messages are small and larger ones simply take several reads.
 const READ_BUFFER: usize = 4 * 1024;
 /// How long the writer waits for the client to take the closing frames.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection accepted over HTTP, waiting for its WebSocket.
 pub struct Accepted {
@@ -41,12 +41,23 @@ pub struct Accepted {
     pub token: Option<String>,
     /// The key's connection place, held for the life of the connection.
     pub slot: Option<KeySlot>,
+    /// Negotiate offered stateful reconnect: the connection may outlive this socket.
+    pub stateful: bool,
+}
+
+/// The socket settings of every hubcast WebSocket.
+pub fn configure(upgrade: WebSocketUpgrade, max_message_size: usize) -> WebSocketUpgrade {
+    // A WebSocket message may carry several SignalR messages, so allow a few; the session enforces the
+    // per-message limit with a proper Close.
+    let max_message = max_message_size.saturating_mul(4).max(64 * 1024);
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
 }
 
 pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accepted) -> Response {
-    // A WebSocket message may carry several SignalR messages, so allow a few; the session enforces the
-    // per-message limit with a proper Close.
-    let max_message = state.edge.config.limits.max_message_size.saturating_mul(4).max(64 * 1024);
     let release = {
         let state = state.clone();
         let token = accepted.token.clone();
@@ -56,13 +67,15 @@ pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accep
             }
         }
     };
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_failed_upgrade(release)
-        .on_upgrade(move |socket| serve(state, accepted, socket))
+    configure(upgrade, state.edge.config.limits.max_message_size).on_failed_upgrade(release).on_upgrade(
+        move |socket| async move {
+            if accepted.stateful {
+                super::resumable::serve(state, accepted, socket).await
+            } else {
+                serve(state, accepted, socket).await
+            }
+        },
+    )
 }
 
 async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
@@ -98,6 +111,7 @@ async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
         principal: accepted.principal,
         binary_transport: true,
         inherent_keep_alive: false,
+        stateful_offered: false,
     };
     session.run(Box::pin(inbound)).await;
 
@@ -143,7 +157,11 @@ async fn write_loop(
                 connection.written(skipped.len());
                 continue;
             }
-            Some(Outbound::Frame(first)) => gather(first, &mut queue),
+            Some(Outbound::Frame(first)) => {
+                let queued = first.len();
+                gather(first, queued, &mut queue)
+            }
+            Some(Outbound::Control(first)) => gather(first, 0, &mut queue),
             Some(Outbound::Close { last }) => {
                 Batch { bytes: last.unwrap_or_default(), queued: 0, close: true }
             }
@@ -166,7 +184,7 @@ async fn write_loop(
 
 /// Writes one WebSocket message and flushes. False when the connection is done for: the socket failed,
 /// or the write stalled past the deadline (then the client is closed as a slow consumer).
-async fn write(
+pub(super) async fn write(
     connection: &Connection,
     sink: &mut SplitSink<WebSocket, Message>,
     bytes: Bytes,
@@ -194,16 +212,17 @@ struct Batch {
 
 /// Takes what is already queued behind `first`, up to the batch size. A Close ends the batch, its final
 /// message being the batch's tail.
-fn gather(first: Bytes, queue: &mut UnboundedReceiver<Outbound>) -> Batch {
+fn gather(first: Bytes, first_queued: usize, queue: &mut UnboundedReceiver<Outbound>) -> Batch {
     let mut batch: Option<BytesMut> = None;
-    let mut queued = first.len();
+    let mut queued = first_queued;
     let mut close = false;
-    while queued < BATCH_BYTES {
+    while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_BYTES {
         let next = match queue.try_recv() {
             Ok(Outbound::Frame(next)) => {
                 queued += next.len();
                 next
             }
+            Ok(Outbound::Control(next)) => next,
             Ok(Outbound::Close { last }) => {
                 close = true;
                 match last {
@@ -228,7 +247,7 @@ fn gather(first: Bytes, queue: &mut UnboundedReceiver<Outbound>) -> Batch {
 }
 
 /// JSON goes in text frames, MessagePack in binary ones; before the handshake (a refusal) it is text.
-fn frame(connection: &Connection, bytes: Bytes) -> Message {
+pub(super) fn frame(connection: &Connection, bytes: Bytes) -> Message {
     match connection.protocol() {
         Some(protocol) if protocol.is_binary() => Message::Binary(bytes),
         // Our JSON encoder only writes UTF-8; were that ever broken, binary beats a panic.
@@ -246,17 +265,23 @@ mod tests {
         tx.send(Outbound::Frame(Bytes::from_static(b"b"))).unwrap();
         tx.send(Outbound::Close { last: Some(Bytes::from_static(b"c")) }).unwrap();
         tx.send(Outbound::Frame(Bytes::from_static(b"never"))).unwrap();
-        let batch = gather(Bytes::from_static(b"a"), &mut rx);
+        let batch = gather(Bytes::from_static(b"a"), 1, &mut rx);
         assert_eq!(&batch.bytes[..], b"abc");
         assert_eq!(batch.queued, 2, "the Close message is not counted against the queue");
         assert!(batch.close);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Outbound::Frame(Bytes::from_static(b"event"))).unwrap();
+        let batch = gather(Bytes::from_static(b"{}\x1e"), 0, &mut rx);
+        assert_eq!(&batch.bytes[..], b"{}\x1eevent");
+        assert_eq!(batch.queued, 5, "the handshake response is not counted either");
+        assert!(!batch.close);
     }
 
     #[test]
     fn a_lone_frame_is_passed_through_without_copying() {
         let (_tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Bytes::from(vec![1u8; 100]);
-        let batch = gather(shared.clone(), &mut rx);
+        let batch = gather(shared.clone(), 100, &mut rx);
         assert_eq!(batch.bytes.as_ptr(), shared.as_ptr());
         assert_eq!(batch.queued, 100);
         assert!(!batch.close);
