@@ -207,6 +207,8 @@ impl Edge {
                 self.webhook_stats.record(key, url, *outcome, *at);
                 0
             }
+            // For routers only.
+            Dispatch::AlertSent { .. } => 0,
         }
     }
 

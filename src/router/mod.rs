@@ -48,6 +48,12 @@ pub enum Dispatch {
         outcome: DeliveryOutcome,
         at: SystemTime,
     },
+    /// A budget alert went out: routers that take over the spend queue must know its cooldown runs.
+    AlertSent {
+        key: KeyId,
+        alert_type: String,
+        at: SystemTime,
+    },
 }
 
 pub struct Router {
@@ -122,6 +128,11 @@ impl Router {
                         // The update goes first, then the alert it caused.
                         out.extend(self.deliveries("spend", audience, &parsed));
                         out.extend(self.deliveries("spend", audience, &derived));
+                        out.push(Dispatch::AlertSent {
+                            key: key.clone(),
+                            alert_type: alert.alert_type,
+                            at: now,
+                        });
                         return out;
                     }
                 }
@@ -130,6 +141,13 @@ impl Router {
                 let alert_type = body.get("alertType").and_then(Value::as_str).unwrap_or_default();
                 if let Some(key) = key {
                     deliver_main = self.budget.allow_published(key, alert_type, now);
+                    if deliver_main {
+                        out.push(Dispatch::AlertSent {
+                            key: key.clone(),
+                            alert_type: alert_type.to_owned(),
+                            at: now,
+                        });
+                    }
                 }
             }
             ("webhooks", _) => {
@@ -214,6 +232,11 @@ impl Router {
             }));
         }
         out
+    }
+
+    /// Takes note of an alert another router sent, so the cooldown holds here too.
+    pub fn record_alert(&self, key: &KeyId, alert_type: &str, at: SystemTime) {
+        self.budget.allow_published(key, alert_type, at);
     }
 
     /// Drops expired cooldowns; called periodically.

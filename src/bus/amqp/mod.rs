@@ -328,6 +328,11 @@ pub enum StateChange {
     Restore { key: String },
     ProviderHealth { provider: String, status: Value, message: Value, checked_at: String },
     WebhookOutcome { key: String, url: String, outcome: String, response_time_ms: Option<f64>, at_ms: u64 },
+    AlertSent { key: String, alert_type: String, at_ms: u64 },
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 impl StateChange {
@@ -357,9 +362,14 @@ impl StateChange {
                     url: url.clone(),
                     outcome: outcome.into(),
                     response_time_ms,
-                    at_ms: at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+                    at_ms: unix_millis(*at),
                 }
             }
+            Dispatch::AlertSent { key, alert_type, at } => StateChange::AlertSent {
+                key: key.to_string(),
+                alert_type: alert_type.clone(),
+                at_ms: unix_millis(*at),
+            },
         })
     }
 
@@ -385,6 +395,11 @@ impl StateChange {
                     at: UNIX_EPOCH + Duration::from_millis(at_ms),
                 }
             }
+            StateChange::AlertSent { key, alert_type, at_ms } => Dispatch::AlertSent {
+                key: KeyId::parse(&key)?,
+                alert_type,
+                at: UNIX_EPOCH + Duration::from_millis(at_ms),
+            },
         })
     }
 }

@@ -75,6 +75,17 @@ async fn session(
             .with_context(|| format!("consuming {}", names.router_queue(hub)))?;
         consumers.push(consumer);
     }
+    // Alerts other routers sent within the cooldown window: a router taking over the spend queue
+    // continues their cooldowns instead of starting afresh.
+    let alerts_channel = connection.create_channel().await?;
+    alerts_channel.basic_qos(500, BasicQosOptions::default()).await?;
+    let since = super::now_unix_seconds().saturating_sub(config.spend.alert_cooldown.as_secs() + 1);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-stream-offset".into(), AMQPValue::Timestamp(since));
+    let mut alerts = alerts_channel
+        .basic_consume(names.state_stream().into(), "".into(), BasicConsumeOptions::default(), arguments)
+        .await
+        .context("following the state stream")?;
     ready.set(true);
     backoff.reset();
     tracing::info!("router connected to RabbitMQ");
@@ -92,6 +103,18 @@ async fn session(
                 return Ok(());
             }
             Some(result) = pending.next(), if !pending.is_empty() => result?,
+            next = alerts.next() => {
+                let message = next.context("the broker cancelled the state stream consumer")??;
+                if let Ok(StateMessage { change: StateChange::AlertSent { key, alert_type, at_ms }, .. }) =
+                    serde_json::from_slice(&message.data)
+                {
+                    if let Some(key) = crate::auth::KeyId::parse(&key) {
+                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+                        router.record_alert(&key, &alert_type, at);
+                    }
+                }
+                message.ack(BasicAckOptions::default()).await?;
+            }
             next = consumers.next() => {
                 let delivery = next.context("the broker cancelled the router's consumers")??;
                 let confirms = handle(&names, router, &publish, &delivery, config.bus.max_event_bytes).await?;
