@@ -194,16 +194,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
-    let Some(edge) = &state.edge else { return String::new() };
-    format!(
-        "# HELP hubcast_connections Open client connections.\n# TYPE hubcast_connections gauge\nhubcast_connections {}\n\
-         # HELP hubcast_groups Groups with at least one local member.\n# TYPE hubcast_groups gauge\nhubcast_groups {}\n\
-         # HELP hubcast_bindings Delivery bindings this edge holds on RabbitMQ.\n# TYPE hubcast_bindings gauge\nhubcast_bindings {}\n",
-        edge.connection_count(),
-        edge.groups.group_count(),
-        edge.interest_keys().len(),
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(edge) = &state.edge {
+        edge.update_gauges();
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        crate::metrics::metrics().encode(),
     )
+        .into_response()
 }
 
 #[derive(Deserialize)]

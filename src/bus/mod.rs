@@ -32,8 +32,20 @@ impl EmbeddedBus {
         message_id: Option<&str>,
         body: &Value,
     ) -> Result<usize, EventError> {
-        let dispatches = self.router.route(hub, routing_key, message_id, body)?;
-        Ok(dispatches.iter().map(|dispatch| self.edge.apply(dispatch)).sum())
+        let event = routing_key.rsplit('.').next().unwrap_or_default();
+        let metrics = crate::metrics::metrics();
+        metrics.events_consumed.get_or_create(&crate::metrics::hub_event(hub, event)).inc();
+        let published_ms = crate::bus::amqp::now_unix_millis();
+        let mut dispatches = self.router.route(hub, routing_key, message_id, body)?;
+        let mut delivered = 0;
+        for dispatch in &mut dispatches {
+            if let crate::router::Dispatch::Deliver(delivery) = dispatch {
+                delivery.published_ms = Some(published_ms);
+                metrics.events_forwarded.get_or_create(&crate::metrics::hub_event(delivery.hub, event)).inc();
+            }
+            delivered += self.edge.apply(dispatch);
+        }
+        Ok(delivered)
     }
 
     pub fn router(&self) -> &Router {

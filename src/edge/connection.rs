@@ -240,6 +240,9 @@ impl Connection {
                 other.message().zip(self.protocol()).map(|(message, protocol)| protocol.encode(&message))
             }
         };
+        if reason == CloseReason::SlowConsumer {
+            crate::metrics::metrics().slow_consumer_closes.inc();
+        }
         let _ = self.close_reason.set(reason);
         let _ = self.queue.send(Outbound::Close { last });
         self.closed.cancel();

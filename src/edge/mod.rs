@@ -29,6 +29,8 @@ pub struct Delivery {
     pub groups: Vec<String>,
     /// Set for notifications: checked against each connection's preferences.
     pub filter: Option<EventFilter>,
+    /// When the producer published the event (Unix milliseconds), for the delivery latency metric.
+    pub published_ms: Option<u64>,
     pub message: Arc<EncodedMessage>,
 }
 
@@ -243,6 +245,26 @@ impl Edge {
         self.live_connections().len()
     }
 
+    /// Sets the gauges of the current state, just before a scrape.
+    pub fn update_gauges(&self) {
+        let metrics = crate::metrics::metrics();
+        metrics.connections.clear();
+        let (mut total, mut max) = (0usize, 0usize);
+        for connection in self.live_connections().values() {
+            let protocol = connection.protocol().map_or("none", |p| p.name());
+            let labels =
+                crate::metrics::HubProtocolLabels { hub: connection.hub.into(), protocol: protocol.into() };
+            metrics.connections.get_or_create(&labels).inc();
+            let queued = connection.queued_bytes();
+            total += queued;
+            max = max.max(queued);
+        }
+        metrics.outbound_buffer_bytes.set(total as i64);
+        metrics.outbound_buffer_max_bytes.set(max as i64);
+        metrics.groups.set(self.groups.group_count() as i64);
+        metrics.bindings.set(self.interest_keys().len() as i64);
+    }
+
     /// Closes every connection, for shutdown: clients are told to reconnect (to another node).
     pub fn close_all(&self, reason: CloseReason) {
         let connections: Vec<_> = self.live_connections().values().cloned().collect();
@@ -262,6 +284,16 @@ impl Edge {
                 name: name.as_str().into(),
             })
             .collect();
-        self.groups.deliver(&keys, delivery.filter, &delivery.message)
+        let delivered = self.groups.deliver(&keys, delivery.filter, &delivery.message);
+        let metrics = crate::metrics::metrics();
+        metrics.frames_delivered.get_or_create(&crate::metrics::hub(delivery.hub)).inc_by(delivered as u64);
+        if let Some(published_ms) = delivery.published_ms {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            metrics.observe_latency(std::time::Duration::from_millis(now_ms.saturating_sub(published_ms)));
+        }
+        delivered
     }
 }

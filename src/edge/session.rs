@@ -65,6 +65,10 @@ impl Session {
             reason = reason.label(),
             "disconnected"
         );
+        crate::metrics::metrics()
+            .disconnects
+            .get_or_create(&crate::metrics::hub_reason(self.hub.name(), reason.label()))
+            .inc();
         reason
     }
 
@@ -116,6 +120,11 @@ impl Session {
             version = agreed.version,
             "connected"
         );
+        let labels = crate::metrics::HubProtocolLabels {
+            hub: self.hub.name().into(),
+            protocol: protocol.name().into(),
+        };
+        crate::metrics::metrics().connects.get_or_create(&labels).inc();
 
         let mut rate_limit =
             TokenBucket::new(config.limits.invocations_per_second, config.limits.invocation_burst);
@@ -223,6 +232,29 @@ impl Session {
             }
             Some(method) => self.hub.invoke(caller, method, Arguments(invocation.arguments)).await,
         };
+        let metrics = crate::metrics::metrics();
+        // Unknown names are counted together, so clients cannot grow the label set.
+        let method = self.hub.resolve(&target).unwrap_or("unknown");
+        metrics
+            .invocations
+            .get_or_create(&crate::metrics::HubMethodLabels {
+                hub: self.hub.name().into(),
+                method: method.into(),
+            })
+            .inc();
+        if let Err(error) = &outcome {
+            let reason = match error {
+                HubError::MethodNotFound => "method_not_found",
+                HubError::Binding(_) => "binding",
+                HubError::Refused(message) if message.starts_with("Rate limit") => "rate_limited",
+                HubError::Refused(_) => "refused",
+                HubError::Internal(_) => "internal",
+            };
+            metrics
+                .invocation_refusals
+                .get_or_create(&crate::metrics::hub_reason(self.hub.name(), reason))
+                .inc();
+        }
         let outcome = match outcome {
             Ok(None) => Outcome::Void,
             Ok(Some(value)) => Outcome::Result(value),

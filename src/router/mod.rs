@@ -212,6 +212,7 @@ impl Router {
             scope,
             groups: parsed.groups.clone().unwrap_or_else(|| vec![default_group]),
             filter,
+            published_ms: None,
             message: Arc::new(EncodedMessage::new(HubMessage::event(parsed.name, parsed.arguments.clone()))),
         })];
         if let Audience::VirtualKey(key) = audience {
@@ -220,6 +221,7 @@ impl Router {
                 scope: Scope::Admin,
                 groups: vec![format!("admin-vkey-{key}")],
                 filter: None,
+                published_ms: None,
                 message: Arc::new(EncodedMessage::new(HubMessage::event(
                     "VirtualKeyActivity",
                     vec![

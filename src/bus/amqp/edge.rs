@@ -62,6 +62,10 @@ pub async fn run(
             Ok(()) => return,
             Err(error) => {
                 ready.set(false);
+                crate::metrics::metrics()
+                    .amqp_reconnects
+                    .get_or_create(&crate::metrics::RoleLabels { role: "edge".into() })
+                    .inc();
                 let delay = backoff.next_delay();
                 tracing::warn!(error = format!("{error:#}"), ?delay, "edge lost RabbitMQ; reconnecting");
                 tokio::select! {

@@ -247,6 +247,8 @@ struct DeliveryMeta {
     filter: Option<(u8, Severity)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    published_ms: Option<u64>,
 }
 
 /// A delivery as it travels from router to edges: its metadata, then the message encoded in each protocol.
@@ -262,6 +264,7 @@ pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>) -> Vec<u8>
         groups: delivery.groups.clone(),
         filter: delivery.filter.map(|f| (f.event, f.severity)),
         message_id: message_id.map(str::to_owned),
+        published_ms: delivery.published_ms,
     };
     let meta = serde_json::to_vec(&meta).expect("delivery metadata serializes");
     let json = delivery.message.bytes(Protocol::Json);
@@ -305,6 +308,7 @@ pub fn decode_delivery(bytes: Bytes) -> Option<(Delivery, Option<String>)> {
         scope,
         groups: meta.groups,
         filter: meta.filter.map(|(event, severity)| EventFilter { event, severity }),
+        published_ms: meta.published_ms,
         message: std::sync::Arc::new(EncodedMessage::preencoded(json, msgpack)),
     };
     Some((delivery, meta.message_id))
@@ -413,6 +417,11 @@ pub fn header(properties: &lapin::BasicProperties, name: &str) -> Option<String>
     }
 }
 
+/// Milliseconds since the epoch, for the delivery latency.
+pub fn now_unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
 /// Seconds since the epoch, as AMQP timestamps count.
 pub fn now_unix_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
@@ -434,6 +443,7 @@ mod tests {
             scope: Scope::Tenant(KeyId::parse("7").unwrap()),
             groups: vec!["task-a".into(), "task-type-v".into()],
             filter: Some(EventFilter { event: 3, severity: Severity::Warning }),
+            published_ms: Some(1),
             message: Arc::clone(&message),
         };
         let (decoded, id) = decode_delivery(Bytes::from(encode_delivery(&delivery, Some("m1")))).unwrap();

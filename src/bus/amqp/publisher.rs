@@ -42,6 +42,9 @@ impl Publisher {
         if let Some(traceparent) = traceparent {
             headers.insert("traceparent".into(), AMQPValue::LongString(LongString::from(traceparent)));
         }
+        // AMQP timestamps are whole seconds; latency wants milliseconds.
+        headers
+            .insert("x-hubcast-published-ms".into(), AMQPValue::LongLongInt(super::now_unix_millis() as i64));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_message_id(message_id.as_str().into())

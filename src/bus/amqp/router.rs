@@ -34,6 +34,10 @@ pub async fn run(config: Config, ready: Arc<Readiness>, shutdown: CancellationTo
             Ok(()) => return,
             Err(error) => {
                 ready.set(false);
+                crate::metrics::metrics()
+                    .amqp_reconnects
+                    .get_or_create(&crate::metrics::RoleLabels { role: "router".into() })
+                    .inc();
                 let delay = backoff.next_delay();
                 tracing::warn!(error = format!("{error:#}"), ?delay, "router lost RabbitMQ; reconnecting");
                 tokio::select! {
@@ -135,6 +139,11 @@ async fn handle(
     let routing_key = delivery.routing_key.as_str();
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
     let traceparent = super::header(&delivery.properties, "traceparent");
+    let published_ms = published_ms(delivery);
+    let event = routing_key.rsplit('.').next().unwrap_or_default();
+    let hub_name = names.hub_of_exchange(delivery.exchange.as_str()).unwrap_or("unknown");
+    let metrics = crate::metrics::metrics();
+    metrics.events_consumed.get_or_create(&crate::metrics::hub_event(hub_name, event)).inc();
     let span = tracing::info_span!(
         "route",
         routing_key,
@@ -148,6 +157,7 @@ async fn handle(
         Ok(dispatches) => dispatches,
         Err(reason) => {
             tracing::info!(%reason, "dead-lettering");
+            metrics.events_dead_lettered.get_or_create(&crate::metrics::hub(hub_name)).inc();
             return Ok(vec![dead_letter(names, publish, delivery, &reason).await?]);
         }
     };
@@ -157,7 +167,10 @@ async fn handle(
             Dispatch::Deliver(deliver) => {
                 // One event can cause several deliveries (an alert, an admin mirror); each has its own id.
                 let delivery_id = message_id.as_ref().map(|id| format!("{id}#{index}"));
-                let body = encode_delivery(deliver, delivery_id.as_deref());
+                metrics.events_forwarded.get_or_create(&crate::metrics::hub_event(deliver.hub, event)).inc();
+                let mut deliver = deliver.clone();
+                deliver.published_ms = published_ms;
+                let body = encode_delivery(&deliver, delivery_id.as_deref());
                 let mut headers = FieldTable::default();
                 if let Some(traceparent) = &traceparent {
                     headers.insert(
@@ -196,6 +209,18 @@ async fn handle(
         confirms.push(confirm);
     }
     Ok(confirms)
+}
+
+/// When the producer published: its millisecond header, else the AMQP timestamp (whole seconds).
+fn published_ms(delivery: &AmqpDelivery) -> Option<u64> {
+    let header = delivery.properties.headers().as_ref().and_then(|headers| {
+        match headers.inner().get(&lapin::types::ShortString::from("x-hubcast-published-ms"))? {
+            AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
+            AMQPValue::Timestamp(ms) => Some(*ms),
+            _ => None,
+        }
+    });
+    header.or_else(|| delivery.properties.timestamp().map(|seconds| seconds * 1000))
 }
 
 /// Checks what the router can check before routing: size, the `type` property, JSON.
