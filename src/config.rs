@@ -19,6 +19,28 @@ pub struct Config {
     pub signalr: SignalRConfig,
     pub spend: SpendConfig,
     pub webhooks: WebhooksConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines (one JSON object per line).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +146,10 @@ pub struct SignalRConfig {
     pub disconnect_timeout: Duration,
     /// Bytes of unacknowledged messages kept for replay after a reconnect.
     pub stateful_reconnect_buffer_bytes: usize,
+    /// On shutdown, clients are told to reconnect spread over this window, so they do not all land on the
+    /// other edges at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
 }
 
 impl Default for Config {
@@ -136,6 +162,7 @@ impl Default for Config {
             signalr: SignalRConfig::default(),
             spend: SpendConfig::default(),
             webhooks: WebhooksConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -177,6 +204,7 @@ impl Default for SignalRConfig {
             long_poll_timeout: Duration::from_secs(90),
             disconnect_timeout: Duration::from_secs(15),
             stateful_reconnect_buffer_bytes: 100_000,
+            drain_window: Duration::from_secs(10),
         }
     }
 }

@@ -108,7 +108,10 @@ pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     }
     // Tests and scripts wait for this line: it is printed once the socket accepts connections.
     println!("hubcast listening on http://{address}");
-    axum::serve(listener, app).with_graceful_shutdown(drain(edge, draining, shutdown.clone())).await?;
+    let drain_window = config.signalr.drain_window;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(drain(edge, draining, drain_window, shutdown.clone()))
+        .await?;
     shutdown.cancel();
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -116,9 +119,15 @@ pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or Ctrl-C, then drains: not ready any more, clients told to reconnect elsewhere,
-/// a few seconds for them to go. The bus roles stop after the HTTP server does.
-async fn drain(edge: Option<Arc<Edge>>, draining: Arc<Readiness>, shutdown: CancellationToken) {
+/// Waits for SIGTERM or Ctrl-C, then drains: not ready any more (so no new clients arrive), clients told to
+/// reconnect elsewhere spread over the drain window, a few seconds for the last ones to go. The bus roles
+/// stop after the HTTP server does.
+async fn drain(
+    edge: Option<Arc<Edge>>,
+    draining: Arc<Readiness>,
+    window: Duration,
+    shutdown: CancellationToken,
+) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -140,8 +149,8 @@ async fn drain(edge: Option<Arc<Edge>>, draining: Arc<Readiness>, shutdown: Canc
     }
     draining.set(true);
     let Some(edge) = edge else { return };
-    tracing::info!(connections = edge.connection_count(), "shutting down: asking clients to reconnect");
-    edge.close_all(CloseReason::ServerShutdown);
+    tracing::info!(connections = edge.connection_count(), ?window, "draining: asking clients to reconnect");
+    edge.close_gradually(CloseReason::ServerShutdown, window).await;
     for _ in 0..50 {
         if edge.connection_count() == 0 {
             break;

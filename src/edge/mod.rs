@@ -7,6 +7,7 @@ pub mod session;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -271,6 +272,22 @@ impl Edge {
         for connection in connections {
             connection.close(reason.clone());
         }
+    }
+
+    /// Closes every connection in even slices over `window`, so reconnecting clients do not stampede the
+    /// remaining edges. Connections opened meanwhile (there should be none: the edge is not ready) are
+    /// closed in the last slice.
+    pub async fn close_gradually(&self, reason: CloseReason, window: Duration) {
+        const SLICES: u32 = 20;
+        let connections: Vec<_> = self.live_connections().values().cloned().collect();
+        let per_slice = connections.len().div_ceil(SLICES as usize).max(1);
+        for slice in connections.chunks(per_slice) {
+            for connection in slice {
+                connection.close(reason.clone());
+            }
+            tokio::time::sleep(window / SLICES).await;
+        }
+        self.close_all(reason);
     }
 
     /// Fans one event out to the local members of its groups; returns how many connections got it.
