@@ -20,6 +20,32 @@ pub struct Config {
     pub spend: SpendConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
+}
+
+/// OpenTelemetry trace export; needs a build with `--features otel`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/HTTP collector base URL, such as `http://otel-collector:4318`; unset means no export.
+    #[serde(deserialize_with = "optional_string")]
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`.
+    pub otlp_protocol: String,
+    /// Fraction of new traces sampled; traces a producer started follow the producer's decision.
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: "http/protobuf".into(),
+            sample_ratio: 1.0,
+            service_name: "hubcast".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +189,7 @@ impl Default for Config {
             spend: SpendConfig::default(),
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }

@@ -75,17 +75,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            hubcast::telemetry::init(&config.log);
+            let _telemetry = hubcast::telemetry::init(&config.log, &config.tracing);
             let config = with_development_credentials(config);
             run(config, Roles { edge: true, router: true })
         }
         Command::Edge => {
-            hubcast::telemetry::init(&config.log);
+            let _telemetry = hubcast::telemetry::init(&config.log, &config.tracing);
             require_amqp(&config, "edge")?;
             run(config, Roles { edge: true, router: false })
         }
         Command::Router => {
-            hubcast::telemetry::init(&config.log);
+            let _telemetry = hubcast::telemetry::init(&config.log, &config.tracing);
             require_amqp(&config, "router")?;
             run(config, Roles { edge: false, router: true })
         }

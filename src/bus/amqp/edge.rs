@@ -155,8 +155,11 @@ async fn session(
             next = deliveries.next() => {
                 let delivery = next.context("the broker cancelled the edge's consumer")??;
                 // The producer's trace continues here when it sent one.
-                let span = super::header(&delivery.properties, "traceparent")
-                    .map(|traceparent| tracing::info_span!("deliver", traceparent));
+                let span = super::header(&delivery.properties, "traceparent").map(|traceparent| {
+                    let span = tracing::info_span!("deliver", traceparent);
+                    crate::telemetry::continue_trace(&span, Some(&traceparent));
+                    span
+                });
                 let _entered = span.as_ref().map(tracing::Span::enter);
                 match decode_delivery(Bytes::from(delivery.data)) {
                     Some((delivery, Some(id))) if !dedupe.first_time(&id) => {

@@ -150,7 +150,9 @@ async fn handle(
         message_id = message_id.as_deref(),
         traceparent = traceparent.as_deref()
     );
+    crate::telemetry::continue_trace(&span, traceparent.as_deref());
     let _entered = span.enter();
+    let traceparent = crate::telemetry::traceparent_for(&span, traceparent.as_deref());
     let dispatches = match validate(names, delivery, max_event_bytes).and_then(|(hub, body)| {
         router.route(hub, routing_key, message_id.as_deref(), &body).map_err(|e| e.to_string())
     }) {
