@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use super::connection::{Connection, ConnectionId, EventFilter};
-use crate::auth::KeyId;
+use crate::auth::{KeyId, Principal};
 use crate::protocol::EncodedMessage;
 
 /// Whose groups: a tenant's (its virtual key), the admins', or everyone's (`all` notifications).
@@ -23,6 +23,16 @@ pub enum Scope {
     Tenant(KeyId),
     Admin,
     Everyone,
+}
+
+impl Scope {
+    /// The scope of a connection: its verified credential decides, never anything the client says.
+    pub fn of(principal: &Principal) -> Self {
+        match principal {
+            Principal::VirtualKey(key) => Scope::Tenant(key.id.clone()),
+            Principal::Admin { .. } => Scope::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -230,8 +230,8 @@ pub trait Hub: Send + Sync + 'static {
 pub fn all() -> Vec<Arc<dyn Hub>> {
     vec![
         Arc::new(tasks::TasksHub),
-        Arc::new(media::VideoGenerationHub),
-        Arc::new(media::ImageGenerationHub),
+        Arc::new(media::VIDEO_GENERATION),
+        Arc::new(media::IMAGE_GENERATION),
         Arc::new(notifications::NotificationsHub),
         Arc::new(spend::SpendHub),
         Arc::new(webhooks::WebhooksHub),

@@ -61,10 +61,7 @@ pub fn start(
     slot: Option<KeySlot>,
 ) -> Arc<HttpConnection> {
     let edge = Arc::clone(&state.edge);
-    let scope = match &principal {
-        Principal::VirtualKey(key) => Scope::Tenant(key.id.clone()),
-        Principal::Admin { .. } => Scope::Admin,
-    };
+    let scope = Scope::of(&principal);
     let (connection, outbound) = edge.open_connection(hub.name(), scope, connection_id.into());
     let (inbound, receiver) = mpsc::channel(INBOUND_BACKLOG);
     let http = Arc::new(HttpConnection {

@@ -238,6 +238,21 @@ async fn connect(
     }
 }
 
+/// The started SSE or Long Polling connection a POST or DELETE is for, after the same checks as every
+/// transport request.
+fn http_connection(
+    state: &TransportState,
+    hub: &dyn Hub,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<http::HttpConnection>>, Box<Response>> {
+    let principal = authorize(&state.edge, hub, query, headers).map_err(|r| Box::new(r.into_response()))?;
+    let Some(token) = query.get("id") else {
+        return Err(Box::new((StatusCode::BAD_REQUEST, "Connection ID required").into_response()));
+    };
+    state.connections.http(token, hub.name(), &principal).map_err(|e| Box::new(claim_refusal(e)))
+}
+
 /// `POST {hub}?id=`: what an SSE or Long Polling client sends.
 async fn send(
     state: TransportState,
@@ -246,15 +261,8 @@ async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
-        Ok(principal) => principal,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let Some(token) = query.get("id") else {
-        return (StatusCode::BAD_REQUEST, "Connection ID required").into_response();
-    };
-    match state.connections.http(token, hub.name(), &principal) {
-        Err(error) => claim_refusal(error),
+    match http_connection(&state, hub.as_ref(), &query, &headers) {
+        Err(refusal) => *refusal,
         Ok(None) => {
             (StatusCode::METHOD_NOT_ALLOWED, "POST requests are not allowed for WebSocket connections.")
                 .into_response()
@@ -273,15 +281,8 @@ fn close(
     query: HashMap<String, String>,
     headers: HeaderMap,
 ) -> Response {
-    let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
-        Ok(principal) => principal,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let Some(token) = query.get("id") else {
-        return (StatusCode::BAD_REQUEST, "Connection ID required").into_response();
-    };
-    match state.connections.http(token, hub.name(), &principal) {
-        Err(error) => claim_refusal(error),
+    match http_connection(&state, hub.as_ref(), &query, &headers) {
+        Err(refusal) => *refusal,
         Ok(Some(http)) if http.kind == TransportKind::LongPolling => {
             http.connection.close(CloseReason::ClientClosed);
             StatusCode::ACCEPTED.into_response()

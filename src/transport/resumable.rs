@@ -20,7 +20,6 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::websocket::{write, Accepted, CLOSE_TIMEOUT};
 use super::TransportState;
-use crate::auth::Principal;
 use crate::edge::connection::{CloseReason, Connection, Outbound};
 use crate::edge::groups::Scope;
 use crate::edge::session::Session;
@@ -50,10 +49,7 @@ enum SocketEvent {
 /// Serves a connection that negotiated stateful reconnect, from its first socket to its end.
 pub async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
     let edge = Arc::clone(&state.edge);
-    let scope = match &accepted.principal {
-        Principal::VirtualKey(key) => Scope::Tenant(key.id.clone()),
-        Principal::Admin { .. } => Scope::Admin,
-    };
+    let scope = Scope::of(&accepted.principal);
     let (connection, queue) = edge.open_connection(accepted.hub.name(), scope, accepted.connection_id.into());
     let (sockets, socket_events) = mpsc::unbounded_channel();
     let (inbound, inbound_receiver) = mpsc::channel(16);

@@ -80,10 +80,7 @@ pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accep
 
 async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
     let edge = Arc::clone(&state.edge);
-    let scope = match &accepted.principal {
-        Principal::VirtualKey(key) => Scope::Tenant(key.id.clone()),
-        Principal::Admin { .. } => Scope::Admin,
-    };
+    let scope = Scope::of(&accepted.principal);
     let (connection, queue) = edge.open_connection(accepted.hub.name(), scope, accepted.connection_id.into());
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(
