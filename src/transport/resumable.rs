@@ -210,7 +210,8 @@ async fn write_loop(
         }
         let Some((generation, sink)) = socket.as_mut() else { continue };
         let stateful = connection.resumption().is_some();
-        let room = !stateful || replay.bytes < buffer_limit;
+        // A full replay buffer holds back new messages, never the Close of a connection being closed.
+        let room = !stateful || replay.bytes < buffer_limit || connection.is_closing();
         tokio::select! {
             event = sockets.recv() => match event {
                 Some(SocketEvent::Attached(new_generation, new_sink)) => {
