@@ -3,7 +3,7 @@
 CARGO ?= cargo
 JS_DIR := tests/js
 
-.PHONY: all build run test test-rust test-js lint fmt clean rabbitmq
+.PHONY: all build run test test-rust test-js helm-check lint fmt clean rabbitmq
 
 all: build
 
@@ -14,8 +14,9 @@ build:
 run:
 	$(CARGO) run --release -- serve
 
-## Every test: Rust unit and integration tests, then the official SignalR JS clients against the server.
-test: test-rust test-js
+## Every test: Rust unit and integration tests, the official SignalR JS clients against the server, and the
+## Helm chart and Kubernetes manifests validated offline.
+test: test-rust test-js helm-check
 
 test-rust:
 	$(CARGO) test --all-targets
@@ -42,6 +43,10 @@ test-js: $(JS_DIR)/node_modules/.package-lock.json rabbitmq
 		TEST_TRANSPORT=$$transport SERVER_BIN=$(CURDIR)/target/debug/hubcast \
 			node --test --test-concurrency=1 $(TRANSPORT_TESTS) || exit 1; \
 	done
+
+## Lint the chart, render it (default and production-like values), validate every object and k8s/ strictly.
+helm-check:
+	./scripts/helm-check.sh
 
 lint:
 	$(CARGO) fmt --check
