@@ -39,7 +39,9 @@ pub fn init(log: &LogConfig, tracing_config: &TracingConfig) -> TelemetryGuard {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    // The log filter applies to log output only: exported spans follow their own filter, so quieting the
+    // logs (`RUST_LOG=warn`) does not silence traces.
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
 
     #[cfg(feature = "otel")]
     {
@@ -50,7 +52,9 @@ pub fn init(log: &LogConfig, tracing_config: &TracingConfig) -> TelemetryGuard {
         });
         let layer = provider.as_ref().map(|provider| {
             use opentelemetry::trace::TracerProvider;
-            tracing_opentelemetry::layer().with_tracer(provider.tracer("hubcast"))
+            // hubcast's own spans only: not every span of the HTTP and AMQP libraries beneath.
+            let spans = tracing_subscriber::filter::Targets::new().with_target("hubcast", tracing::Level::INFO);
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("hubcast")).with_filter(spans)
         });
         let _ = registry.with(layer).try_init();
         TelemetryGuard { provider }

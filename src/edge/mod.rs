@@ -278,14 +278,18 @@ impl Edge {
     /// remaining edges. Connections opened meanwhile (there should be none: the edge is not ready) are
     /// closed in the last slice.
     pub async fn close_gradually(&self, reason: CloseReason, window: Duration) {
-        const SLICES: u32 = 20;
+        const MAX_SLICES: usize = 20;
         let connections: Vec<_> = self.live_connections().values().cloned().collect();
-        let per_slice = connections.len().div_ceil(SLICES as usize).max(1);
-        for slice in connections.chunks(per_slice) {
+        // Up to 20 slices, but never more than there are connections, spaced over the whole window.
+        let slices = connections.len().clamp(1, MAX_SLICES);
+        let per_slice = connections.len().div_ceil(slices).max(1);
+        for (index, slice) in connections.chunks(per_slice).enumerate() {
+            if index > 0 {
+                tokio::time::sleep(window / slices as u32).await;
+            }
             for connection in slice {
                 connection.close(reason.clone());
             }
-            tokio::time::sleep(window / SLICES).await;
         }
         self.close_all(reason);
     }
