@@ -53,7 +53,8 @@ pub fn init(log: &LogConfig, tracing_config: &TracingConfig) -> TelemetryGuard {
         let layer = provider.as_ref().map(|provider| {
             use opentelemetry::trace::TracerProvider;
             // hubcast's own spans only: not every span of the HTTP and AMQP libraries beneath.
-            let spans = tracing_subscriber::filter::Targets::new().with_target("hubcast", tracing::Level::INFO);
+            let spans =
+                tracing_subscriber::filter::Targets::new().with_target("hubcast", tracing::Level::INFO);
             tracing_opentelemetry::layer().with_tracer(provider.tracer("hubcast")).with_filter(spans)
         });
         let _ = registry.with(layer).try_init();
