@@ -3,7 +3,7 @@
 CARGO ?= cargo
 JS_DIR := tests/js
 
-.PHONY: all build run test test-rust test-js helm-check lint fmt clean rabbitmq
+.PHONY: all build run test test-rust test-js helm-check bench lint fmt clean rabbitmq
 
 all: build
 
@@ -47,6 +47,12 @@ test-js: $(JS_DIR)/node_modules/.package-lock.json rabbitmq
 ## Lint the chart, render it (default and production-like values), validate every object and k8s/ strictly.
 helm-check:
 	./scripts/helm-check.sh
+
+## Benchmarks: a short version of every scenario (about 4 minutes); writes bench/results/latest.md.
+## `./target/release/hubcast-bench run --help` for longer runs, other sizes and single scenarios.
+bench: rabbitmq
+	$(CARGO) build --release -p hubcast -p hubcast-bench
+	./target/release/hubcast-bench all
 
 lint:
 	$(CARGO) fmt --check

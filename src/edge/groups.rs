@@ -148,9 +148,8 @@ impl Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::connection::Outbound;
+    use crate::edge::connection::{Outbound, OutboundReceiver};
     use crate::protocol::{HubMessage, Protocol};
-    use tokio::sync::mpsc::UnboundedReceiver;
 
     fn tenant(id: &str) -> Scope {
         Scope::Tenant(KeyId::parse(id).unwrap())
@@ -160,17 +159,13 @@ mod tests {
         GroupKey { hub: "tasks", scope: scope.clone(), name: name.into() }
     }
 
-    fn connection(
-        id: u64,
-        scope: Scope,
-        protocol: Protocol,
-    ) -> (Arc<Connection>, UnboundedReceiver<Outbound>) {
+    fn connection(id: u64, scope: Scope, protocol: Protocol) -> (Arc<Connection>, OutboundReceiver) {
         let (connection, receiver) = Connection::new(id, format!("c{id}").into(), "tasks", scope, 1 << 20);
         connection.set_protocol(protocol);
         (Arc::new(connection), receiver)
     }
 
-    fn frames(receiver: &mut UnboundedReceiver<Outbound>) -> Vec<bytes::Bytes> {
+    fn frames(receiver: &mut OutboundReceiver) -> Vec<bytes::Bytes> {
         std::iter::from_fn(|| match receiver.try_recv() {
             Ok(Outbound::Frame(frame)) => Some(frame),
             _ => None,

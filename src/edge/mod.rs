@@ -19,7 +19,7 @@ use crate::protocol::EncodedMessage;
 use crate::router::Dispatch;
 use crate::state::health::ProviderHealth;
 use crate::state::webhook_stats::WebhookStats;
-use connection::{CloseReason, Connection, ConnectionId, EventFilter, Outbound};
+use connection::{CloseReason, Connection, ConnectionId, EventFilter, OutboundReceiver};
 use groups::{GroupKey, Groups, Scope};
 
 /// One event on its way to the connections of some groups of one hub and scope.
@@ -225,7 +225,7 @@ impl Edge {
         hub: &'static str,
         scope: Scope,
         public_id: Box<str>,
-    ) -> (Arc<Connection>, mpsc::UnboundedReceiver<Outbound>) {
+    ) -> (Arc<Connection>, OutboundReceiver) {
         let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let (connection, receiver) =
             Connection::new(id, public_id, hub, scope, self.config.limits.outbound_buffer_bytes);

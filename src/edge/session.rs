@@ -104,7 +104,7 @@ impl Session {
         self.connection.set_protocol(protocol);
         // Deliveries must flow before the client hears `{}`: a client may publish-and-wait right after.
         let scopes = self.hub.scopes(&self.connection.scope);
-        let _interest = self.edge.register_interest(self.hub.name(), &scopes).await;
+        let _interest = Box::pin(self.edge.register_interest(self.hub.name(), &scopes)).await;
         let mut inbound_state = Inbound::default();
         if self.stateful_offered && agreed.version >= 2 {
             inbound_state.resumption = Some(self.connection.enable_resumption());
@@ -146,7 +146,10 @@ impl Session {
                                 return CloseReason::ProtocolError;
                             }
                         }
-                        if let Some(reason) = self.dispatch(caller, &mut rate_limit, message).await {
+                        // Boxed: invocations are rare next to the life of a connection, and the future of
+                        // one is large; inline, every connection would carry its size all the time.
+                        if let Some(reason) = Box::pin(self.dispatch(caller, &mut rate_limit, message)).await
+                        {
                             return reason;
                         }
                         if counted {

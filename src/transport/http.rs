@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::TransportState;
 use crate::auth::Principal;
-use crate::edge::connection::{Connection, Outbound};
+use crate::edge::connection::{Connection, OutboundReceiver};
 use crate::edge::groups::Scope;
 use crate::edge::session::Session;
 use crate::edge::KeySlot;
@@ -33,7 +33,7 @@ pub struct HttpConnection {
     /// Bodies of the client's POSTs, read by the session in order.
     pub inbound: mpsc::Sender<Bytes>,
     /// The outbound queue: taken once by the SSE stream, or by one long poll at a time.
-    pub outbound: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<Outbound>>>,
+    pub outbound: tokio::sync::Mutex<Option<OutboundReceiver>>,
     /// For Long Polling: bumped by every poll, so an older poll knows it was superseded.
     pub poll_generation: std::sync::atomic::AtomicU64,
     pub poll_superseded: tokio::sync::Notify,

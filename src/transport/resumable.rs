@@ -20,7 +20,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::websocket::{write, Accepted, CLOSE_TIMEOUT};
 use super::TransportState;
-use crate::edge::connection::{CloseReason, Connection, Outbound};
+use crate::edge::connection::{CloseReason, Connection, Outbound, OutboundReceiver};
 use crate::edge::groups::Scope;
 use crate::edge::session::Session;
 use crate::protocol::{ping_bytes, HubMessage};
@@ -167,7 +167,7 @@ impl Replay {
 
 async fn write_loop(
     connection: Arc<Connection>,
-    mut queue: mpsc::UnboundedReceiver<Outbound>,
+    mut queue: OutboundReceiver,
     mut sockets: mpsc::UnboundedReceiver<SocketEvent>,
     timing: Timing,
     buffer_limit: usize,

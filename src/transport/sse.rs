@@ -8,11 +8,10 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, Instant};
 
 use super::http::HttpConnection;
-use crate::edge::connection::{CloseReason, Outbound};
+use crate::edge::connection::{CloseReason, Outbound, OutboundReceiver};
 use crate::protocol::ping_bytes;
 
 /// Largest batch of messages in one event.
@@ -28,7 +27,7 @@ impl Drop for Hangup {
 }
 
 struct Writer {
-    queue: UnboundedReceiver<Outbound>,
+    queue: OutboundReceiver,
     hangup: Hangup,
     keep_alive: Duration,
     last_write: Instant,

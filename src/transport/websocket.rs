@@ -4,6 +4,7 @@
 //! one WebSocket message with one flush. Both hub protocols frame their own messages, so a batch is just
 //! their concatenation. It also sends the keep-alive Ping when nothing else went out for a while.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +13,11 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::TransportState;
 use crate::auth::Principal;
-use crate::edge::connection::{CloseReason, Connection, Outbound};
+use crate::edge::connection::{CloseReason, Connection, Outbound, OutboundReceiver};
 use crate::edge::groups::Scope;
 use crate::edge::session::Session;
 use crate::edge::KeySlot;
@@ -69,8 +69,9 @@ pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accep
     };
     configure(upgrade, state.edge.config.limits.max_message_size).on_failed_upgrade(release).on_upgrade(
         move |socket| async move {
+            // Boxed, so the many plain connections do not carry the size of a resumable one.
             if accepted.stateful {
-                super::resumable::serve(state, accepted, socket).await
+                Box::pin(super::resumable::serve(state, accepted, socket)).await
             } else {
                 serve(state, accepted, socket).await
             }
@@ -78,7 +79,10 @@ pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accep
     )
 }
 
-async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
+/// Sets a connection up and returns what runs it. The setup is done here rather than in the future, so the
+/// future (which lives as long as the connection) holds only what the connection needs, not the socket and
+/// the request it was made from.
+fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) -> impl Future<Output = ()> {
     let edge = Arc::clone(&state.edge);
     let scope = Scope::of(&accepted.principal);
     let (connection, queue) = edge.open_connection(accepted.hub.name(), scope, accepted.connection_id.into());
@@ -110,22 +114,26 @@ async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
         inherent_keep_alive: false,
         stateful_offered: false,
     };
-    session.run(Box::pin(inbound)).await;
+    let (token, slot) = (accepted.token, accepted.slot);
+    let inbound = Box::pin(inbound);
+    async move {
+        session.run(inbound).await;
 
-    // The writer ends after the Close; give it the time a client needs to take it, no more.
-    if timeout(CLOSE_TIMEOUT, writer).await.is_err() {
-        tracing::debug!(connection = %connection.public_id, "writer did not finish closing in time");
+        // The writer ends after the Close; give it the time a client needs to take it, no more.
+        if timeout(CLOSE_TIMEOUT, writer).await.is_err() {
+            tracing::debug!(connection = %connection.public_id, "writer did not finish closing in time");
+        }
+        edge.release_connection(connection.id);
+        if let Some(token) = token {
+            state.connections.remove(&token);
+        }
+        drop(slot);
     }
-    edge.release_connection(connection.id);
-    if let Some(token) = accepted.token {
-        state.connections.remove(&token);
-    }
-    drop(accepted.slot);
 }
 
 async fn write_loop(
     connection: Arc<Connection>,
-    mut queue: UnboundedReceiver<Outbound>,
+    mut queue: OutboundReceiver,
     mut sink: SplitSink<WebSocket, Message>,
     keep_alive: Duration,
     write_timeout: Duration,
@@ -209,7 +217,7 @@ struct Batch {
 
 /// Takes what is already queued behind `first`, up to the batch size. A Close ends the batch, its final
 /// message being the batch's tail.
-fn gather(first: Bytes, first_queued: usize, queue: &mut UnboundedReceiver<Outbound>) -> Batch {
+fn gather(first: Bytes, first_queued: usize, queue: &mut OutboundReceiver) -> Batch {
     let mut batch: Option<BytesMut> = None;
     let mut queued = first_queued;
     let mut close = false;
@@ -258,16 +266,16 @@ mod tests {
 
     #[test]
     fn gather_concatenates_queued_frames_and_stops_at_close() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(Outbound::Frame(Bytes::from_static(b"b"))).unwrap();
-        tx.send(Outbound::Close { last: Some(Bytes::from_static(b"c")) }).unwrap();
-        tx.send(Outbound::Frame(Bytes::from_static(b"never"))).unwrap();
+        let (tx, mut rx) = crate::edge::connection::test_queue();
+        tx(Outbound::Frame(Bytes::from_static(b"b")));
+        tx(Outbound::Close { last: Some(Bytes::from_static(b"c")) });
+        tx(Outbound::Frame(Bytes::from_static(b"never")));
         let batch = gather(Bytes::from_static(b"a"), 1, &mut rx);
         assert_eq!(&batch.bytes[..], b"abc");
         assert_eq!(batch.queued, 2, "the Close message is not counted against the queue");
         assert!(batch.close);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(Outbound::Frame(Bytes::from_static(b"event"))).unwrap();
+        let (tx, mut rx) = crate::edge::connection::test_queue();
+        tx(Outbound::Frame(Bytes::from_static(b"event")));
         let batch = gather(Bytes::from_static(b"{}\x1e"), 0, &mut rx);
         assert_eq!(&batch.bytes[..], b"{}\x1eevent");
         assert_eq!(batch.queued, 5, "the handshake response is not counted either");
@@ -276,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_lone_frame_is_passed_through_without_copying() {
-        let (_tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_tx, mut rx) = crate::edge::connection::test_queue();
         let shared = Bytes::from(vec![1u8; 100]);
         let batch = gather(shared.clone(), 100, &mut rx);
         assert_eq!(batch.bytes.as_ptr(), shared.as_ptr());

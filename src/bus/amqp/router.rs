@@ -3,11 +3,14 @@
 //! of that is confirmed by the broker, so a router that dies mid-way loses nothing (RabbitMQ redelivers,
 //! and the edges drop the repeat by its message id).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use anyhow::{bail, Context};
 use futures_util::stream::{FuturesOrdered, SelectAll};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -96,17 +99,43 @@ async fn session(
 
     // Acks wait for the confirms of what each message caused; they complete in order, as they were queued.
     let mut pending = FuturesOrdered::new();
+    // One ack in flight at a time: lapin may send concurrent acks in any order, and a multiple ack must not
+    // overtake an earlier one. Settled messages meanwhile wait in `ack_next` (the latest covers the rest).
+    let mut ack_in_flight: Option<Acking> = None;
+    let mut ack_next: Option<AmqpDelivery> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 // Stop taking messages; finish what is in flight so nothing is redelivered needlessly.
+                if let Some(acking) = ack_in_flight.take() {
+                    acking.await?;
+                }
+                let mut last = ack_next.take();
                 while let Some(result) = pending.next().await {
-                    result?;
+                    last = Some(result?);
+                }
+                if let Some(last) = last {
+                    ack_up_to(last).await?;
                 }
                 let _ = connection.close(200, "shutdown".into()).await;
                 return Ok(());
             }
-            Some(result) = pending.next(), if !pending.is_empty() => result?,
+            Some(result) = pending.next(), if !pending.is_empty() => {
+                // Settled messages complete in delivery order, so one multiple ack of the last one that is
+                // ready covers all of them: fewer acks for the broker (each one a log entry on a quorum queue).
+                let mut last = result?;
+                while let Some(result) = ready_now(&mut pending).await {
+                    last = result?;
+                }
+                match ack_in_flight {
+                    None => ack_in_flight = Some(ack_up_to(last)),
+                    Some(_) => ack_next = Some(last),
+                }
+            }
+            result = async { ack_in_flight.as_mut().expect("checked").await }, if ack_in_flight.is_some() => {
+                result?;
+                ack_in_flight = ack_next.take().map(ack_up_to);
+            }
             next = alerts.next() => {
                 let message = next.context("the broker cancelled the state stream consumer")??;
                 if let Ok(StateMessage { change: StateChange::AlertSent { key, alert_type, at_ms }, .. }) =
@@ -121,21 +150,84 @@ async fn session(
             }
             next = consumers.next() => {
                 let delivery = next.context("the broker cancelled the router's consumers")??;
-                let confirms = handle(&names, router, &publish, &delivery, config.bus.max_event_bytes).await?;
-                pending.push_back(settle(delivery, confirms));
+                let publishing = handle(&names, router, &publish, &delivery, config.bus.max_event_bytes)?;
+                pending.push_back(settle(delivery, publishing));
             }
         }
     }
 }
 
-/// Routes one message and publishes what it causes; returns the confirms to wait for before acking.
-async fn handle(
+/// A publish whose frames are already queued on the channel; awaiting it waits for the I/O thread to write
+/// them and yields the confirm to wait for.
+type Publishing = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// Polls a future once, so what it does before its first wait (queueing frames or commands for lapin's I/O
+/// thread) happens now, in call order; the rest is awaited later.
+fn started<T: Send + 'static>(
+    future: impl Future<Output = T> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = T> + Send>> {
+    let mut future: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Box::pin(std::future::ready(output)),
+        Poll::Pending => future,
+    }
+}
+
+/// The next item of a stream if it is ready now, without waiting.
+async fn ready_now<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match stream.poll_next_unpin(cx) {
+            Poll::Ready(item) => item,
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// An ack on its way; it resolves once lapin has sent it.
+type Acking = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Acks a delivery and every earlier one of its channel.
+fn ack_up_to(delivery: AmqpDelivery) -> Acking {
+    started(async move {
+        delivery.ack(BasicAckOptions { multiple: true }).await?;
+        Ok(())
+    })
+}
+
+/// Starts a publish without waiting for it to be written. Polled once here, `basic_publish` queues its
+/// frames on the channel at once, so frames keep the order of the messages that caused them; the round
+/// trip to lapin's I/O thread (and then the broker's confirm) is awaited later, in `settle`, so the router
+/// goes on to the next message meanwhile instead of waiting for one round trip per message.
+fn start_publish(
+    channel: &Channel,
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    properties: BasicProperties,
+) -> Publishing {
+    let channel = channel.clone();
+    started(async move {
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+    })
+}
+
+/// Routes one message and starts publishing what it causes; returns the publishes to settle before acking.
+fn handle(
     names: &Names,
     router: &Router,
     publish: &Channel,
     delivery: &AmqpDelivery,
     max_event_bytes: usize,
-) -> anyhow::Result<Vec<PublisherConfirm>> {
+) -> anyhow::Result<Vec<Publishing>> {
     let routing_key = delivery.routing_key.as_str();
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
     let traceparent = super::header(&delivery.properties, "traceparent");
@@ -160,12 +252,12 @@ async fn handle(
         Err(reason) => {
             tracing::info!(%reason, "dead-lettering");
             metrics.events_dead_lettered.get_or_create(&crate::metrics::hub(hub_name)).inc();
-            return Ok(vec![dead_letter(names, publish, delivery, &reason).await?]);
+            return Ok(vec![dead_letter(names, publish, delivery, &reason)]);
         }
     };
-    let mut confirms = Vec::with_capacity(dispatches.len());
+    let mut publishing = Vec::with_capacity(dispatches.len());
     for (index, dispatch) in dispatches.iter().enumerate() {
-        let confirm = match dispatch {
+        let started = match dispatch {
             Dispatch::Deliver(deliver) => {
                 // One event can cause several deliveries (an alert, an admin mirror); each has its own id.
                 let delivery_id = message_id.as_ref().map(|id| format!("{id}#{index}"));
@@ -183,34 +275,30 @@ async fn handle(
                 let properties = BasicProperties::default()
                     .with_timestamp(delivery.properties.timestamp().unwrap_or_else(super::now_unix_seconds))
                     .with_headers(headers);
-                publish
-                    .basic_publish(
-                        names.edges_exchange().into(),
-                        delivery_key(deliver.hub, &deliver.scope).into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await?
+                start_publish(
+                    publish,
+                    names.edges_exchange(),
+                    delivery_key(deliver.hub, &deliver.scope),
+                    body,
+                    properties,
+                )
             }
             state => {
                 let change = StateChange::from_dispatch(state).expect("every non-delivery has a state form");
                 let id = message_id.as_ref().map(|id| format!("{id}#{index}"));
                 let body = serde_json::to_vec(&StateMessage { id, change })?;
-                publish
-                    .basic_publish(
-                        "".into(),
-                        names.state_stream().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?
+                start_publish(
+                    publish,
+                    String::new(),
+                    names.state_stream(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
             }
         };
-        confirms.push(confirm);
+        publishing.push(started);
     }
-    Ok(confirms)
+    Ok(publishing)
 }
 
 /// When the producer published: its millisecond header, else the AMQP timestamp (whole seconds).
@@ -248,37 +336,25 @@ fn validate(
 }
 
 /// Sends a message to the dead-letter exchange with the reason, keeping its body and properties.
-async fn dead_letter(
-    names: &Names,
-    publish: &Channel,
-    delivery: &AmqpDelivery,
-    reason: &str,
-) -> anyhow::Result<PublisherConfirm> {
+fn dead_letter(names: &Names, publish: &Channel, delivery: &AmqpDelivery, reason: &str) -> Publishing {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s));
     headers.insert("x-hubcast-error".into(), text(reason));
     headers.insert("x-hubcast-original-exchange".into(), text(delivery.exchange.as_str()));
     headers.insert("x-hubcast-original-routing-key".into(), text(delivery.routing_key.as_str()));
     let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
-    Ok(publish
-        .basic_publish(
-            names.dead_letter().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            properties,
-        )
-        .await?)
+    start_publish(publish, names.dead_letter(), String::new(), delivery.data.clone(), properties)
 }
 
-/// Acks the message once everything it caused is confirmed; a refused publish sends it back to the queue.
-async fn settle(delivery: AmqpDelivery, confirms: Vec<PublisherConfirm>) -> anyhow::Result<()> {
-    for confirm in confirms {
+/// Waits until everything a message caused is confirmed, and returns it for acking; a refused publish sends
+/// it back to the queue.
+async fn settle(delivery: AmqpDelivery, publishing: Vec<Publishing>) -> anyhow::Result<AmqpDelivery> {
+    for publish in publishing {
+        let confirm = publish.await.context("publishing to RabbitMQ")?;
         if let Confirmation::Nack(_) = confirm.await? {
             delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
             bail!("the broker refused a forward; the event goes back to its queue");
         }
     }
-    delivery.ack(BasicAckOptions::default()).await?;
-    Ok(())
+    Ok(delivery)
 }

@@ -1,0 +1,132 @@
+//! The bare reference broadcaster: hubcast's WebSocket stack (axum 0.8 ws over tungstenite, read buffer
+//! 4 KiB, write buffer 0) with nothing else. No SignalR handshake, no hubs, no bus, no limits: a
+//! connection names its group in the URL, and `POST /publish` encodes one frame per protocol and writes
+//! it to every member, each as its own WebSocket message.
+//!
+//! Whatever hubcast costs beyond this is what SignalR, hubs, routing and the bus add.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+struct Member {
+    binary: bool,
+    queue: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct Bare {
+    groups: RwLock<HashMap<u64, HashMap<u64, Member>>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Join {
+    group: u64,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+/// The publish body: the event's group and its `TaskProgress` arguments.
+#[derive(Deserialize)]
+struct Publish {
+    group: u64,
+    #[serde(rename = "taskId")]
+    task_id: String,
+    percent: u64,
+    message: String,
+}
+
+pub async fn serve(listen: &str) -> anyhow::Result<()> {
+    let state = Arc::new(Bare::default());
+    let app = Router::new()
+        .route("/ws", get(upgrade))
+        .route("/publish", post(publish))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("bare listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn upgrade(
+    State(state): State<Arc<Bare>>,
+    Query(join): Query<Join>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let binary = join.protocol.as_deref() == Some("messagepack");
+    upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| connection(state, join.group, binary, socket))
+}
+
+async fn connection(state: Arc<Bare>, group: u64, binary: bool, socket: WebSocket) {
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let (queue, mut frames) = mpsc::unbounded_channel::<Bytes>();
+    state.groups.write().unwrap().entry(group).or_default().insert(id, Member { binary, queue });
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = frames.recv().await {
+            let message = if binary {
+                Message::Binary(frame)
+            } else {
+                match Utf8Bytes::try_from(frame) {
+                    Ok(text) => Message::Text(text),
+                    Err(_) => break,
+                }
+            };
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Whatever the client sends is read and dropped.
+    while let Some(Ok(message)) = stream.next().await {
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+    }
+    {
+        let mut groups = state.groups.write().unwrap();
+        if let Some(members) = groups.get_mut(&group) {
+            members.remove(&id);
+            if members.is_empty() {
+                groups.remove(&group);
+            }
+        }
+    }
+    writer.abort();
+}
+
+async fn publish(State(state): State<Arc<Bare>>, body: Bytes) -> (StatusCode, String) {
+    let event: Publish = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    let (json, msgpack) = crate::proto::encode_event(&event.task_id, event.percent, &event.message);
+    let groups = state.groups.read().unwrap();
+    let mut delivered = 0;
+    if let Some(members) = groups.get(&event.group) {
+        for member in members.values() {
+            let frame = if member.binary { msgpack.clone() } else { json.clone() };
+            if member.queue.send(frame).is_ok() {
+                delivered += 1;
+            }
+        }
+    }
+    (StatusCode::ACCEPTED, format!("{{\"delivered\":{delivered}}}"))
+}
