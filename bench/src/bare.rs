@@ -1,5 +1,5 @@
-//! The bare reference broadcaster: hubcast's WebSocket stack (axum 0.8 ws over tungstenite, read buffer
-//! 4 KiB, write buffer 0) with nothing else. No SignalR handshake, no hubs, no bus, no limits: a
+//! The bare reference broadcaster: hubcast's WebSocket stack (axum and hyper for the upgrade, hubcast's
+//! own framing, no buffers held while idle) with nothing else. No SignalR handshake, no hubs, no bus, no limits: a
 //! connection names its group in the URL, and `POST /publish` encodes one frame per protocol and writes
 //! it to every member, each as its own WebSocket message.
 //!
@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use hubcast::transport::websocket::{Incoming, Opcode, WebSocket, WebSocketUpgrade};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -68,35 +68,25 @@ async fn upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let binary = join.protocol.as_deref() == Some("messagepack");
-    upgrade
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| connection(state, join.group, binary, socket))
+    upgrade.on_upgrade(64 * 1024, || {}, move |socket| connection(state, join.group, binary, socket))
 }
 
 async fn connection(state: Arc<Bare>, group: u64, binary: bool, socket: WebSocket) {
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     let (queue, mut frames) = mpsc::unbounded_channel::<Bytes>();
     state.groups.write().unwrap().entry(group).or_default().insert(id, Member { binary, queue });
-    let (mut sink, mut stream) = socket.split();
+    let (mut reader, mut writer) = socket.split();
+    let opcode = if binary { Opcode::Binary } else { Opcode::Text };
     let writer = tokio::spawn(async move {
         while let Some(frame) = frames.recv().await {
-            let message = if binary {
-                Message::Binary(frame)
-            } else {
-                match Utf8Bytes::try_from(frame) {
-                    Ok(text) => Message::Text(text),
-                    Err(_) => break,
-                }
-            };
-            if sink.send(message).await.is_err() {
+            if writer.send(opcode, &frame).await.is_err() {
                 break;
             }
         }
     });
     // Whatever the client sends is read and dropped.
-    while let Some(Ok(message)) = stream.next().await {
-        if matches!(message, Message::Close(_)) {
+    while let Some(Ok(incoming)) = reader.next().await {
+        if matches!(incoming, Incoming::Close(_)) {
             break;
         }
     }

@@ -18,6 +18,11 @@ use crate::worker::new_histogram;
 /// A process may hold 20 000 open files here; leave room for the rest.
 pub const MAX_PER_PROCESS: usize = 15_000;
 
+/// How many generator processes `connections` need, at most `per_process` each.
+pub fn process_count(connections: usize, per_process: usize) -> usize {
+    connections.div_ceil(per_process.clamp(1, MAX_PER_PROCESS)).max(1)
+}
+
 struct Process {
     _child: Child,
     pid: u32,
@@ -73,11 +78,12 @@ impl Generators {
     /// Starts enough generator processes for `connections`, each with `threads` runtime threads.
     pub async fn spawn(
         connections: usize,
+        per_process: usize,
         layout: Layout,
         threads: usize,
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let count = connections.div_ceil(MAX_PER_PROCESS).max(1);
+        let count = process_count(connections, per_process);
         let per_process = connections.div_ceil(count);
         let exe = std::env::current_exe()?;
         std::fs::create_dir_all(log_dir)?;
@@ -155,7 +161,8 @@ impl Generators {
                     first: process.first,
                     count: process.count,
                     source_ips: source_ips.to_vec(),
-                    concurrency,
+                    // The attempts in flight are shared out, so more processes do not mean a bigger burst.
+                    concurrency: concurrency.div_ceil(self.processes.len()),
                     jwt_secret: jwt_secret.to_owned(),
                     ping_interval_ms: ping_interval.as_millis() as u64,
                 })

@@ -63,6 +63,9 @@ enum Command {
         seconds: f64,
         #[arg(long, value_enum, default_value = "json")]
         protocol: Proto,
+        /// Every connection in one group (key 1, task `b`) instead of 10 per key (keys `k0`..., task `t`).
+        #[arg(long)]
+        broadcast: bool,
     },
     /// The bare reference broadcaster.
     Bare {
@@ -100,8 +103,9 @@ struct RunArgs {
     /// Runtime threads of each generator process.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Connection attempts in flight per generator process.
-    #[arg(long, default_value_t = 256)]
+    /// Connection attempts in flight, shared out among the generator processes. Far more than 64 overflows
+    /// the server's accept queue here, and the dropped SYNs come back a second later.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Client keep-alive Ping interval, seconds.
     #[arg(long, default_value_t = 15.0)]
@@ -109,9 +113,12 @@ struct RunArgs {
     /// Number of 127.0.0.x source addresses the generators spread their connections over.
     #[arg(long, default_value_t = 16)]
     source_addresses: u8,
-    /// Concurrent publishing connections (HTTP) or channels (RabbitMQ).
+    /// Concurrent publishing connections over HTTP (RabbitMQ publishing is pipelined on one channel).
     #[arg(long, default_value_t = 4)]
     publish_lanes: usize,
+    /// Connections per generator process at most (a process may hold 20 000 open files here).
+    #[arg(long, default_value_t = generators::MAX_PER_PROCESS)]
+    per_generator: usize,
     /// The hubcast binary (default: next to this one, so target/release/hubcast).
     #[arg(long)]
     hubcast_bin: Option<PathBuf>,
@@ -127,7 +134,7 @@ struct RunArgs {
     /// then the wrapper's).
     #[arg(long, allow_hyphen_values = true)]
     server_wrapper: Option<String>,
-    /// Where to write the Markdown results (default: bench/results/latest.md for `all`).
+    /// Where to write the Markdown results (default: bench/results/latest.md for `all`, last-run.md for `run`).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -146,10 +153,12 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(bare::serve(&listen))
         }
-        Command::Hold { address, connections, jwt_secret, seconds, protocol } => {
+        Command::Hold { address, connections, jwt_secret, seconds, protocol, broadcast } => {
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            runtime.block_on(hold(address, connections, jwt_secret, seconds, protocol))
+            let layout =
+                if broadcast { layout::Layout::Broadcast } else { layout::Layout::Tenant { per_key: 10 } };
+            runtime.block_on(hold(address, connections, layout, jwt_secret, seconds, protocol))
         }
         Command::All(args) => {
             let out = args.out.clone().unwrap_or_else(|| results_dir().join("latest.md"));
@@ -157,13 +166,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run { scenario, args } => {
             let scenarios = if scenario.is_empty() { Scenario::ALL.to_vec() } else { scenario };
-            let out = args.out.clone().unwrap_or_else(|| {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                results_dir().join(format!("run-{stamp}.md"))
-            });
+            let out = args.out.clone().unwrap_or_else(|| results_dir().join("last-run.md"));
             coordinate(scenarios, args, out)
         }
     }
@@ -172,13 +175,14 @@ fn main() -> anyhow::Result<()> {
 async fn hold(
     address: String,
     connections: usize,
+    layout: layout::Layout,
     jwt_secret: Option<String>,
     seconds: f64,
     protocol: Proto,
 ) -> anyhow::Result<()> {
-    let layout = layout::Layout::Tenant { per_key: 10 };
     let log_dir = std::env::temp_dir().join(format!("hubcast-bench-{}", std::process::id()));
-    let mut generators = generators::Generators::spawn(connections, layout, 2, &log_dir).await?;
+    let mut generators =
+        generators::Generators::spawn(connections, generators::MAX_PER_PROCESS, layout, 2, &log_dir).await?;
     let peer = if jwt_secret.is_some() { layout::Peer::Hubcast } else { layout::Peer::Bare };
     let source_ips: Vec<String> = (2..18).map(|i| format!("127.0.0.{i}")).collect();
     let connected = generators
@@ -187,7 +191,7 @@ async fn hold(
             peer,
             protocol,
             jwt_secret.as_deref().unwrap_or(""),
-            256,
+            64,
             Duration::from_secs(15),
             &source_ips,
         )
@@ -241,6 +245,7 @@ fn coordinate(scenarios: Vec<Scenario>, args: RunArgs, out: PathBuf) -> anyhow::
                 quick: args.quick,
                 source_ips: (0..args.source_addresses.max(1)).map(|i| format!("127.0.0.{}", 2 + u32::from(i))).collect(),
                 publish_lanes: args.publish_lanes,
+                per_generator: args.per_generator,
             },
             servers: ServerOptions {
                 hubcast_bin: hubcast_bin.clone(),
@@ -291,8 +296,13 @@ fn coordinate(scenarios: Vec<Scenario>, args: RunArgs, out: PathBuf) -> anyhow::
                 kernel()
             ),
             format!(
-                "protocol {}, {} runtime threads per generator, {} connects in flight per generator, client ping every {} s, {} source addresses",
-                args.protocol, args.threads, args.concurrency, args.ping_interval, args.source_addresses
+                "protocol {}; generator processes of at most {} connections, {} runtime threads each, {} connects in flight; client ping every {} s; {} source addresses",
+                args.protocol,
+                args.per_generator.clamp(1, generators::MAX_PER_PROCESS),
+                args.threads,
+                args.concurrency,
+                args.ping_interval,
+                args.source_addresses
             ),
             format!(
                 "hubcast: {} (RUST_LOG={}{}), RabbitMQ at {}",

@@ -29,6 +29,9 @@ pub enum Outbound {
     Control(Bytes),
     /// Write `last` (a Close message or a handshake refusal) if present, then close the transport.
     Close { last: Option<Bytes> },
+    /// A WebSocket Pong answering the client's Ping with its payload. Only the WebSocket reader queues
+    /// these; they count against the bound like frames, so a flood of Pings cannot grow the queue.
+    Pong(Bytes),
 }
 
 /// A connection's outbound queue. An idle connection's queue is empty and allocates nothing: a tokio
@@ -45,8 +48,8 @@ struct Queue {
     receiver_gone: AtomicBool,
 }
 
-/// A queue grown by a burst is given back once it is empty again, above this many slots.
-const RETAINED_SLOTS: usize = 64;
+/// A queue grown by a burst is given back once it is empty again, above this many slots (40 bytes each).
+const RETAINED_SLOTS: usize = 8;
 
 impl Queue {
     fn push(&self, item: Outbound) -> bool {
@@ -276,17 +279,25 @@ impl Connection {
     /// Queues encoded bytes. Returns false when the connection is closing or was just closed for letting
     /// its queue grow past the limit.
     pub fn send(&self, frame: Bytes) -> bool {
+        self.send_counted(frame.len(), Outbound::Frame(frame))
+    }
+
+    /// Queues the Pong answering a WebSocket Ping.
+    pub fn send_pong(&self, payload: Bytes) -> bool {
+        self.send_counted(payload.len(), Outbound::Pong(payload))
+    }
+
+    fn send_counted(&self, len: usize, item: Outbound) -> bool {
         if self.closing.load(Ordering::Relaxed) {
             return false;
         }
-        let len = frame.len();
         let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed).saturating_add(len);
         if queued > self.limit {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             self.close(CloseReason::SlowConsumer);
             return false;
         }
-        self.queue.push(Outbound::Frame(frame))
+        self.queue.push(item)
     }
 
     /// Queues bytes outside the counted message stream (the handshake response).

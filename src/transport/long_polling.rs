@@ -57,6 +57,8 @@ async fn poll_once(http: &HttpConnection, generation: u64, timeout: Duration) ->
                 body.extend_from_slice(&bytes);
             }
             Some(Outbound::Control(bytes)) => body.extend_from_slice(&bytes),
+            // Only WebSocket readers queue Pongs; credit one back should it ever get here.
+            Some(Outbound::Pong(bytes)) => queued += bytes.len(),
             Some(Outbound::Close { last }) => {
                 body.extend_from_slice(&last.unwrap_or_default());
                 ended = true;

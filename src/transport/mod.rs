@@ -10,8 +10,6 @@ pub mod websocket;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +23,7 @@ use crate::edge::Edge;
 use crate::hubs::{Audience, Hub};
 use http::TransportKind;
 use negotiate::{random_id, ClaimError, ConnectionTable};
+use websocket::{NotWebSocket, WebSocketUpgrade};
 
 /// What transport handlers share.
 #[derive(Clone)]
@@ -59,7 +58,7 @@ pub fn routes(state: TransportState) -> Router {
                     move |State(state): State<TransportState>,
                           RawQuery(query): RawQuery,
                           headers: HeaderMap,
-                          upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
+                          upgrade: Result<WebSocketUpgrade, NotWebSocket>| {
                         let hub = Arc::clone(&get_hub);
                         async move { connect(state, hub, parse_query(query.as_deref()), headers, upgrade).await }
                     },
@@ -158,7 +157,7 @@ async fn connect(
     hub: Arc<dyn Hub>,
     query: HashMap<String, String>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WebSocketUpgrade, NotWebSocket>,
 ) -> Response {
     let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
         Ok(principal) => principal,
@@ -208,8 +207,13 @@ async fn connect(
                 drop(slot);
                 return match (upgrade, state.connections.resumable(token, hub.name(), &principal)) {
                     (Ok(upgrade), Some(resumable)) => {
-                        websocket::configure(upgrade, state.edge.config.limits.max_message_size)
-                            .on_upgrade(move |socket| async move { resumable::attach(&resumable, socket) })
+                        let max_message =
+                            websocket::max_socket_message(state.edge.config.limits.max_message_size);
+                        upgrade.on_upgrade(
+                            max_message,
+                            || {},
+                            move |socket| async move { resumable::attach(&resumable, socket) },
+                        )
                     }
                     _ => claim_refusal(ClaimError::AlreadyActive),
                 };

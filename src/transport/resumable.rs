@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use super::websocket::{write, Accepted, CLOSE_TIMEOUT};
+use super::websocket::{
+    close_code, write, write_frame, Accepted, Opcode, Payloads, SocketWriter, WebSocket, CLOSE_TIMEOUT,
+};
 use super::TransportState;
 use crate::edge::connection::{CloseReason, Connection, Outbound, OutboundReceiver};
 use crate::edge::groups::Scope;
@@ -41,7 +41,7 @@ impl std::fmt::Debug for Resumable {
 }
 
 enum SocketEvent {
-    Attached(u64, SplitSink<WebSocket, Message>),
+    Attached(u64, SocketWriter),
     /// The socket of that generation went away without a close frame.
     Lost(u64),
 }
@@ -98,30 +98,23 @@ pub async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket)
 /// Hands a (new) socket to the connection: its sending half to the writer, its receiving half to a reader.
 pub fn attach(resumable: &Arc<Resumable>, socket: WebSocket) {
     let generation = resumable.generation.fetch_add(1, Ordering::AcqRel) + 1;
-    let (sink, stream) = socket.split();
-    let _ = resumable.sockets.send(SocketEvent::Attached(generation, sink));
-    tokio::spawn(read_loop(Arc::clone(resumable), stream, generation));
+    let (reader, writer) = socket.split();
+    let _ = resumable.sockets.send(SocketEvent::Attached(generation, writer));
+    let payloads = Payloads::new(reader, Arc::clone(&resumable.connection));
+    tokio::spawn(read_loop(Arc::clone(resumable), payloads, generation));
 }
 
-/// Forwards what one socket reads. A close frame ends the connection; anything else ending the socket is
-/// a drop the client may come back from.
-async fn read_loop(resumable: Arc<Resumable>, mut stream: SplitStream<WebSocket>, generation: u64) {
-    while let Some(message) = stream.next().await {
-        let bytes = match message {
-            Ok(Message::Text(text)) => Bytes::from(text),
-            Ok(Message::Binary(bytes)) => bytes,
-            Ok(Message::Close(_)) => {
-                resumable.connection.close(CloseReason::ClientClosed);
-                return;
-            }
-            Ok(_) => continue,
-            Err(_) => break,
-        };
+/// Forwards what one socket reads. A Close frame or a protocol error ends the connection (the reader
+/// closes it); anything else ending the socket is a drop the client may come back from.
+async fn read_loop(resumable: Arc<Resumable>, mut payloads: Payloads, generation: u64) {
+    while let Some(bytes) = payloads.next().await {
         if resumable.inbound.send(bytes).await.is_err() {
             return;
         }
     }
-    let _ = resumable.sockets.send(SocketEvent::Lost(generation));
+    if !resumable.connection.is_closing() {
+        let _ = resumable.sockets.send(SocketEvent::Lost(generation));
+    }
 }
 
 fn inbound_stream(receiver: mpsc::Receiver<Bytes>) -> impl Stream<Item = Bytes> {
@@ -173,7 +166,7 @@ async fn write_loop(
     buffer_limit: usize,
 ) {
     let mut replay = Replay::default();
-    let mut socket: Option<(u64, SplitSink<WebSocket, Message>)> = None;
+    let mut socket: Option<(u64, SocketWriter)> = None;
     let mut first = true;
     let mut last_write = Instant::now();
     let mut last_ack_sent = 0;
@@ -231,23 +224,28 @@ async fn write_loop(
                     if stateful {
                         replay.push(message.clone());
                     }
-                    if !write(&connection, sink, message, timing.write).await {
+                    if !write(&connection, sink, &message, timing.write).await {
                         socket = None;
                     }
                     last_write = Instant::now();
                 }
                 Some(Outbound::Control(bytes)) => {
-                    if !write(&connection, sink, bytes, timing.write).await {
+                    if !write(&connection, sink, &bytes, timing.write).await {
                         socket = None;
                     }
                     last_write = Instant::now();
                 }
+                Some(Outbound::Pong(payload)) => {
+                    connection.written(payload.len());
+                    if !write_frame(&connection, sink, Opcode::Pong, &payload, timing.write).await {
+                        socket = None;
+                    }
+                }
                 Some(Outbound::Close { last }) => {
                     if let Some(last) = last {
-                        let _ = write(&connection, sink, last, timing.write).await;
+                        let _ = write(&connection, sink, &last, timing.write).await;
                     }
-                    let close = Message::Close(Some(CloseFrame { code: 1000, reason: Utf8Bytes::from_static("") }));
-                    let _ = timeout(CLOSE_TIMEOUT, sink.send(close)).await;
+                    let _ = timeout(CLOSE_TIMEOUT, sink.close(close_code::NORMAL)).await;
                     return;
                 }
             },
@@ -258,7 +256,7 @@ async fn write_loop(
                     if received != last_ack_sent {
                         last_ack_sent = received;
                         let ack = protocol.encode(&HubMessage::Ack { sequence_id: received });
-                        if !write(&connection, sink, ack, timing.write).await {
+                        if !write(&connection, sink, &ack, timing.write).await {
                             socket = None;
                         }
                     }
@@ -266,7 +264,7 @@ async fn write_loop(
             }
             _ = sleep_until(last_write + timing.keep_alive), if connection.protocol().is_some() => {
                 let ping = connection.protocol().map(ping_bytes).unwrap_or_default();
-                if !write(&connection, sink, ping, timing.write).await {
+                if !write(&connection, sink, &ping, timing.write).await {
                     socket = None;
                 }
                 last_write = Instant::now();
@@ -278,7 +276,7 @@ async fn write_loop(
 /// Starts a new socket of a resumed connection: `Sequence`, then every unacknowledged message in order.
 async fn resume(
     connection: &Connection,
-    socket: &mut Option<(u64, SplitSink<WebSocket, Message>)>,
+    socket: &mut Option<(u64, SocketWriter)>,
     replay: &mut Replay,
     write_timeout: Duration,
 ) -> bool {
@@ -289,11 +287,11 @@ async fn resume(
     };
     replay.acknowledge(resumption.acked.load(Ordering::Relaxed));
     let sequence = protocol.encode(&HubMessage::Sequence { sequence_id: replay.first_unacknowledged() });
-    if !write(connection, sink, sequence, write_timeout).await {
+    if !write(connection, sink, &sequence, write_timeout).await {
         return false;
     }
     for (_, message) in &replay.messages {
-        if !write(connection, sink, message.clone(), write_timeout).await {
+        if !write(connection, sink, message, write_timeout).await {
             return false;
         }
     }

@@ -94,6 +94,8 @@ impl Writer {
                     payload.extend_from_slice(&bytes);
                 }
                 Some(Outbound::Control(bytes)) => payload.extend_from_slice(&bytes),
+                // Only WebSocket readers queue Pongs; credit one back should it ever get here.
+                Some(Outbound::Pong(bytes)) => queued += bytes.len(),
                 Some(Outbound::Close { last }) => {
                     payload.extend_from_slice(&last.unwrap_or_default());
                     self.closed = true;

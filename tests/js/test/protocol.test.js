@@ -1,7 +1,10 @@
 // Protocol-level tests with a raw `ws` client.
 import { test, describe } from "node:test";
 import assert from "node:assert/strict";
-import { useServer, assertVoidCompletion, waitClosed, uid, sleep, RS } from "./harness.js";
+import net from "node:net";
+import crypto from "node:crypto";
+import { once } from "node:events";
+import { useServer, assertVoidCompletion, waitClosed, uid, sleep, withTimeout, RS } from "./harness.js";
 
 const server = useServer();
 
@@ -310,5 +313,80 @@ describe("framing", () => {
         c.send(third.subarray(5));
         assertVoidCompletion((await c.next()).msg, "3");
         c.close();
+    });
+});
+
+// hubcast frames WebSockets itself (src/transport/websocket): the RFC 6455 cases a library would handle.
+describe("WebSocket framing", () => {
+    test("a Ping is answered with a Pong carrying its payload, and the connection carries on", async () => {
+        const c = await rawJson();
+        const pong = new Promise((resolve) => c.ws.once("pong", resolve));
+        c.ws.ping(Buffer.from("are you there?"));
+        const payload = await withTimeout(pong, 3000, "waiting for the Pong");
+        assert.equal(payload.toString(), "are you there?");
+        c.send(invocation("1", "SubscribeToTask", [uid("ping")]));
+        assertVoidCompletion((await c.next()).msg, "1");
+        c.close();
+    });
+
+    test("a message sent in fragments, with a Ping between them, is reassembled", async () => {
+        const c = await rawJson();
+        const message = invocation("1", "SubscribeToTask", [uid("fragments")]);
+        c.ws.send(message.slice(0, 10), { fin: false });
+        c.ws.ping();
+        c.ws.send(message.slice(10, 30), { fin: false });
+        c.ws.send(message.slice(30), { fin: true });
+        assertVoidCompletion((await c.next()).msg, "1");
+        assert.equal(c.closeInfo, null);
+        c.close();
+    });
+
+    test("invalid UTF-8 in a text frame closes with 'Connection closed with an error.'", async () => {
+        const c = await rawJson();
+        c.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d, 0x1e]), { binary: false });
+        const closes = await closeMessages(c);
+        assert.equal(closes.length, 1, "one Close message");
+        assert.equal(closes[0].error, PROTOCOL_ERROR);
+        await server.assertServes();
+    });
+
+    test("a WebSocket message over the socket limit is refused from its header alone", async () => {
+        const c = await rawJson();
+        // 1 MiB, announced in the frame header; the server closes without waiting for all of it.
+        c.ws.send(Buffer.alloc(1024 * 1024, 0x61), { binary: false });
+        const closes = await closeMessages(c);
+        assert.equal(closes.length, 1);
+        assert.equal(closes[0].error, PROTOCOL_ERROR);
+        await server.assertServes();
+    });
+
+    test("raw socket: the upgrade answers the RFC's accept key, and an unmasked client frame is refused", async () => {
+        token ??= await server.mintToken({ vkey: "7" });
+        const socket = net.connect(server.port, "127.0.0.1");
+        await once(socket, "connect");
+        let received = Buffer.alloc(0);
+        socket.on("data", (chunk) => (received = Buffer.concat([received, chunk])));
+        const ended = new Promise((resolve) => socket.on("close", resolve));
+        const key = crypto.randomBytes(16).toString("base64");
+        socket.write(
+            `GET /hubs/tasks?access_token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n` +
+                `Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${key}\r\n\r\n`,
+        );
+        const deadline = Date.now() + 3000;
+        while (!received.includes("\r\n\r\n") && Date.now() < deadline) await sleep(20);
+        const head = received.toString("latin1").split("\r\n\r\n")[0];
+        assert.match(head, /^HTTP\/1\.1 101 /);
+        const expected = crypto
+            .createHash("sha1")
+            .update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+            .digest("base64");
+        assert.ok(head.toLowerCase().includes(`sec-websocket-accept: ${expected.toLowerCase()}`), head);
+        // An unmasked text frame carrying a handshake: RFC 6455 says the server must close.
+        const handshake = Buffer.from('{"protocol":"json","version":1}\x1e');
+        socket.write(Buffer.concat([Buffer.from([0x81, handshake.length]), handshake]));
+        await withTimeout(ended, 3000, "waiting for the server to close the socket");
+        const afterHead = received.subarray(received.indexOf("\r\n\r\n") + 4);
+        assert.ok(!afterHead.includes(Buffer.from("{}\x1e")), "the handshake in an unmasked frame was not answered");
+        await server.assertServes();
     });
 });
