@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use super::connection::{CloseReason, Connection, Resumption};
 use super::Edge;
@@ -18,10 +18,6 @@ use crate::hubs::{Arguments, Caller, Hub, HubError};
 use crate::protocol::handshake::{self, HandshakeError};
 use crate::protocol::{HubMessage, Invocation, Outcome};
 use std::sync::atomic::Ordering;
-
-/// An idle connection's read buffer is dropped once it grows past this, so one large message does not
-/// pin memory for the rest of a long-lived connection.
-const RETAINED_BUFFER: usize = 4096;
 
 pub struct Session {
     pub edge: Arc<Edge>,
@@ -128,10 +124,16 @@ impl Session {
 
         let mut rate_limit =
             TokenBucket::new(config.limits.invocations_per_second, config.limits.invocation_burst);
-        let client_timeout = sleep(config.signalr.client_timeout);
-        tokio::pin!(client_timeout);
-        let expiry = token_expiry(&self.principal);
-        tokio::pin!(expiry);
+        // One timer serves both the client timeout and the credential's expiry, whichever is due first:
+        // an idle connection's task carries a single timer.
+        let expires_at = token_expiry(&self.principal);
+        let client_timeout = (!self.inherent_keep_alive).then_some(config.signalr.client_timeout);
+        let due =
+            |now: Instant| client_timeout.map(|timeout| now + timeout).into_iter().chain(expires_at).min();
+        let timed = client_timeout.is_some() || expires_at.is_some();
+        let timer =
+            sleep_until(due(Instant::now()).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)));
+        tokio::pin!(timer);
 
         loop {
             loop {
@@ -163,19 +165,27 @@ impl Session {
                     }
                 }
             }
-            if buffer.is_empty() && buffer.capacity() > RETAINED_BUFFER {
+            if buffer.is_empty() {
+                // Nothing is held between messages: most connections hear from their client only
+                // every keep-alive interval.
                 buffer = BytesMut::new();
             }
             tokio::select! {
                 chunk = inbound.next() => match chunk {
                     Some(chunk) => {
                         buffer.extend_from_slice(&chunk);
-                        client_timeout.as_mut().reset(Instant::now() + config.signalr.client_timeout);
+                        if let Some(due) = due(Instant::now()) {
+                            timer.as_mut().reset(due);
+                        }
                     }
                     None => return CloseReason::ClientClosed,
                 },
-                _ = &mut client_timeout, if !self.inherent_keep_alive => return CloseReason::ClientTimeout,
-                _ = &mut expiry => return CloseReason::TokenExpired,
+                _ = &mut timer, if timed => {
+                    return match expires_at {
+                        Some(expires_at) if Instant::now() >= expires_at => CloseReason::TokenExpired,
+                        _ => CloseReason::ClientTimeout,
+                    };
+                }
                 _ = self.connection.closed() => return CloseReason::ServerShutdown,
             }
         }
@@ -350,15 +360,11 @@ pub fn error_text(target: &str, error: &HubError) -> String {
     }
 }
 
-/// Resolves when the credential expires; never for credentials without expiry (the master key).
-async fn token_expiry(principal: &Principal) {
-    match principal.expires_at() {
-        Some(expires_at) => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-            sleep(Duration::from_secs(expires_at.saturating_sub(now))).await
-        }
-        None => std::future::pending().await,
-    }
+/// When the credential expires; never for credentials without expiry (the master key).
+fn token_expiry(principal: &Principal) -> Option<Instant> {
+    let expires_at = principal.expires_at()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    Some(Instant::now() + Duration::from_secs(expires_at.saturating_sub(now)))
 }
 
 /// Per-connection invocation limit: `rate` tokens a second, at most `burst` saved up.

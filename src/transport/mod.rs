@@ -212,7 +212,10 @@ async fn connect(
                         upgrade.on_upgrade(
                             max_message,
                             || {},
-                            move |socket| async move { resumable::attach(&resumable, socket) },
+                            move |socket| {
+                                resumable::attach(&resumable, socket);
+                                std::future::ready(())
+                            },
                         )
                     }
                     _ => claim_refusal(ClaimError::AlreadyActive),

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -66,12 +67,12 @@ pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accep
         }
     };
     let max_message = max_socket_message(state.edge.config.limits.max_message_size);
-    upgrade.on_upgrade(max_message, release, move |socket| async move {
+    upgrade.on_upgrade(max_message, release, move |socket| {
         // Boxed, so the many plain connections do not carry the size of a resumable one.
         if accepted.stateful {
-            Box::pin(super::resumable::serve(state, accepted, socket)).await
+            Either::Left(Box::pin(super::resumable::serve(state, accepted, socket)))
         } else {
-            serve(state, accepted, socket).await
+            Either::Right(serve(state, accepted, socket))
         }
     })
 }
@@ -102,8 +103,11 @@ fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) -> impl F
         stateful_offered: false,
     };
     let (token, slot) = (accepted.token, accepted.slot);
+    // Boxed: awaiting a future the block captured would move it into a second slot of the block, and
+    // every idle connection would carry the session's state twice.
+    let run = Box::pin(session.run(inbound));
     async move {
-        session.run(inbound).await;
+        run.await;
 
         // The writer ends after the Close; give it the time a client needs to take it, no more.
         if timeout(CLOSE_TIMEOUT, writer).await.is_err() {

@@ -91,8 +91,13 @@ fn accept_key(key: &[u8]) -> HeaderValue {
 }
 
 impl WebSocketUpgrade {
-    /// Answers 101 and, once the client has it, runs `serve` with the socket. `failed` runs instead if the
-    /// connection could not be upgraded after all. `max_message` bounds a client message, in bytes.
+    /// Answers 101 and, once the client has it, spawns the future `serve` makes of the socket as the
+    /// connection's task. `failed` runs instead if the connection could not be upgraded after all.
+    /// `max_message` bounds a client message, in bytes.
+    ///
+    /// The connection's task is spawned on its own, rather than awaited in the task that waits for the
+    /// upgrade, so that what lives as long as the connection is just that future: an idle connection's
+    /// memory is mostly its tasks.
     pub fn on_upgrade<F, Fut>(
         self,
         max_message: usize,
@@ -106,7 +111,9 @@ impl WebSocketUpgrade {
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => serve(WebSocket::new(upgraded, max_message)).await,
+                Ok(upgraded) => {
+                    tokio::spawn(serve(WebSocket::new(upgraded, max_message)));
+                }
                 Err(error) => {
                     tracing::debug!(%error, "WebSocket upgrade failed");
                     failed();
