@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::groups::Scope;
 use crate::events::types::Severity;
@@ -199,7 +198,8 @@ pub struct Connection {
     limit: usize,
     closing: AtomicBool,
     close_reason: OnceLock<CloseReason>,
-    closed: CancellationToken,
+    /// Wakes the tasks waiting in [`Connection::closed`]; `closing` says whether it happened.
+    closed: Notify,
     preferences: AtomicU32,
     resumption: OnceLock<Arc<Resumption>>,
 }
@@ -248,7 +248,7 @@ impl Connection {
             limit,
             closing: AtomicBool::new(false),
             close_reason: OnceLock::new(),
-            closed: CancellationToken::new(),
+            closed: Notify::new(),
             preferences: AtomicU32::new(ALL_EVENTS),
             resumption: OnceLock::new(),
         };
@@ -352,7 +352,7 @@ impl Connection {
         }
         let _ = self.close_reason.set(reason);
         self.queue.push(Outbound::Close { last });
-        self.closed.cancel();
+        self.closed.notify_waiters();
     }
 
     pub fn close_reason(&self) -> Option<&CloseReason> {
@@ -365,7 +365,14 @@ impl Connection {
 
     /// Resolves once `close` has been called, whoever called it.
     pub async fn closed(&self) {
-        self.closed.cancelled().await
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a close in between still wakes this wait.
+        notified.as_mut().enable();
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await
     }
 }
 
@@ -392,6 +399,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!connection.send(Bytes::from_static(b"1")), "nothing is queued after the close");
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_for_waits_begun_before_and_after_the_close() {
+        let (connection, _receiver) = connection(10);
+        let connection = Arc::new(connection);
+        let waiting = tokio::spawn({
+            let connection = Arc::clone(&connection);
+            async move { connection.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        connection.close(CloseReason::ServerShutdown);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), connection.closed()).await.unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! bodies) and writes only through the connection's queue, so the same code serves every transport.
 //! Invocations run one at a time, in order, as in ASP.NET Core.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,13 +44,24 @@ struct Inbound {
 
 impl Session {
     /// Runs the connection to its end and cleans up after it. Returns why it ended.
-    pub async fn run<S>(self, mut inbound: S) -> CloseReason
+    ///
+    /// A plain function returning a block rather than an `async fn`: an async fn keeps its arguments
+    /// twice (as arguments, and as the locals they are moved into), and this future lives as long as the
+    /// connection.
+    pub fn run<S>(self, mut inbound: S) -> impl Future<Output = CloseReason> + Send
+    where
+        S: Stream<Item = Bytes> + Unpin + Send,
+    {
+        async move { self.run_with(&mut inbound).await }
+    }
+
+    async fn run_with<S>(&self, inbound: &mut S) -> CloseReason
     where
         S: Stream<Item = Bytes> + Unpin,
     {
         let mut caller =
             Caller::new(self.principal.clone(), Arc::clone(&self.connection), Arc::clone(&self.edge));
-        let reason = self.serve(&mut caller, &mut inbound).await;
+        let reason = self.serve(&mut caller, inbound).await;
         self.connection.close(reason);
         caller.leave_all();
         let reason = self.connection.close_reason().cloned().unwrap_or(CloseReason::ClientClosed);
@@ -76,11 +88,14 @@ impl Session {
         let max_message_size = config.limits.max_message_size;
         let mut buffer = BytesMut::new();
 
-        let handshake_deadline = Instant::now() + config.signalr.handshake_timeout;
+        // The handshake deadline first; the same timer then serves the client timeout and the credential's
+        // expiry, whichever is due first, so a connection's state holds a single timer.
+        let timer = sleep_until(Instant::now() + config.signalr.handshake_timeout);
+        tokio::pin!(timer);
         let agreed = loop {
             let chunk = tokio::select! {
                 chunk = inbound.next() => chunk,
-                _ = sleep_until(handshake_deadline) => {
+                _ = &mut timer => {
                     return CloseReason::HandshakeFailed(handshake::response(Some(&HandshakeError::Canceled)));
                 }
                 _ = self.connection.closed() => return CloseReason::ServerShutdown,
@@ -99,8 +114,10 @@ impl Session {
         let protocol = agreed.protocol;
         self.connection.set_protocol(protocol);
         // Deliveries must flow before the client hears `{}`: a client may publish-and-wait right after.
-        let scopes = self.hub.scopes(&self.connection.scope);
-        let _interest = Box::pin(self.edge.register_interest(self.hub.name(), &scopes)).await;
+        let _interest = {
+            let scopes = self.hub.scopes(&self.connection.scope);
+            Box::pin(self.edge.register_interest(self.hub.name(), &scopes)).await
+        };
         let mut inbound_state = Inbound::default();
         if self.stateful_offered && agreed.version >= 2 {
             inbound_state.resumption = Some(self.connection.enable_resumption());
@@ -116,53 +133,53 @@ impl Session {
             version = agreed.version,
             "connected"
         );
-        let labels = crate::metrics::HubProtocolLabels {
-            hub: self.hub.name().into(),
-            protocol: protocol.name().into(),
-        };
-        crate::metrics::metrics().connects.get_or_create(&labels).inc();
+        crate::metrics::metrics()
+            .connects
+            .get_or_create(&crate::metrics::HubProtocolLabels {
+                hub: self.hub.name().into(),
+                protocol: protocol.name().into(),
+            })
+            .inc();
 
         let mut rate_limit =
             TokenBucket::new(config.limits.invocations_per_second, config.limits.invocation_burst);
-        // One timer serves both the client timeout and the credential's expiry, whichever is due first:
-        // an idle connection's task carries a single timer.
         let expires_at = token_expiry(&self.principal);
         let client_timeout = (!self.inherent_keep_alive).then_some(config.signalr.client_timeout);
         let due =
             |now: Instant| client_timeout.map(|timeout| now + timeout).into_iter().chain(expires_at).min();
         let timed = client_timeout.is_some() || expires_at.is_some();
-        let timer =
-            sleep_until(due(Instant::now()).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)));
-        tokio::pin!(timer);
+        timer
+            .as_mut()
+            .reset(due(Instant::now()).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)));
 
         loop {
             loop {
-                match protocol.parse(&mut buffer, max_message_size) {
-                    Ok(Some(message)) => {
-                        let counted = is_counted(&message);
-                        match inbound_state.admit(&message) {
-                            Ok(false) => continue,
-                            Ok(true) => {}
-                            Err(reason) => {
-                                tracing::info!(connection = %self.connection.public_id, reason, "closing on a protocol error");
-                                return CloseReason::ProtocolError;
-                            }
-                        }
-                        // Boxed: invocations are rare next to the life of a connection, and the future of
-                        // one is large; inline, every connection would carry its size all the time.
-                        if let Some(reason) = Box::pin(self.dispatch(caller, &mut rate_limit, message)).await
-                        {
-                            return reason;
-                        }
-                        if counted {
-                            inbound_state.processed();
-                        }
-                    }
+                // Taken out of the parse result before anything is awaited, so the result is not kept
+                // in the connection's state next to the message.
+                let message = match protocol.parse(&mut buffer, max_message_size) {
+                    Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(error) => {
                         tracing::info!(connection = %self.connection.public_id, %error, "closing on a protocol error");
                         return CloseReason::ProtocolError;
                     }
+                };
+                let counted = is_counted(&message);
+                match inbound_state.admit(&message) {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(reason) => {
+                        tracing::info!(connection = %self.connection.public_id, reason, "closing on a protocol error");
+                        return CloseReason::ProtocolError;
+                    }
+                }
+                // Boxed: invocations are rare next to the life of a connection, and the future of one is
+                // large; inline, every connection would carry its size all the time.
+                if let Some(reason) = Box::pin(self.dispatch(caller, &mut rate_limit, message)).await {
+                    return reason;
+                }
+                if counted {
+                    inbound_state.processed();
                 }
             }
             if buffer.is_empty() {
