@@ -1,7 +1,7 @@
 //! hubcast: SignalR hubs fed by a message bus. See README.md for the architecture.
 //!
 //! - [`protocol`]: SignalR framing and both hub protocols, no I/O.
-//! - [`transport`]: negotiate and the transports, over axum.
+//! - [`transport`]: negotiate and the transports over axum, with hubcast's own WebSocket framing.
 //! - [`edge`]: connections, groups, sessions and fan-out.
 //! - [`hubs`]: the hub framework and one module per hub.
 //! - [`events`] and [`router`]: typed events and their mapping to groups.

@@ -48,6 +48,7 @@ impl Session {
     /// A plain function returning a block rather than an `async fn`: an async fn keeps its arguments
     /// twice (as arguments, and as the locals they are moved into), and this future lives as long as the
     /// connection.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn, as said above
     pub fn run<S>(self, mut inbound: S) -> impl Future<Output = CloseReason> + Send
     where
         S: Stream<Item = Bytes> + Unpin + Send,
