@@ -3,11 +3,14 @@
 //! connection names its group in the URL, and `POST /publish` encodes one frame per protocol and writes
 //! it to every member, each as its own WebSocket message.
 //!
+//! A connection is one task that both reads and writes, and its queue allocates nothing until a frame
+//! comes: the least a connection can cost on this stack, so that its memory marks what the machine needs.
+//!
 //! Whatever hubcast costs beyond this is what SignalR, hubs, routing and the bus add.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -18,16 +21,29 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hubcast::transport::websocket::{Incoming, Opcode, WebSocket, WebSocketUpgrade};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 struct Member {
     binary: bool,
-    queue: mpsc::UnboundedSender<Bytes>,
+    queue: Mutex<VecDeque<Bytes>>,
+    /// Wakes the connection's task; a wake-up sent while it is busy is kept for its next wait.
+    ready: Notify,
+}
+
+impl Member {
+    fn push(&self, frame: Bytes) {
+        self.queue.lock().unwrap().push_back(frame);
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Option<Bytes> {
+        self.queue.lock().unwrap().pop_front()
+    }
 }
 
 #[derive(Default)]
 struct Bare {
-    groups: RwLock<HashMap<u64, HashMap<u64, Member>>>,
+    groups: RwLock<HashMap<u64, HashMap<u64, Arc<Member>>>>,
     next_id: AtomicU64,
 }
 
@@ -73,21 +89,24 @@ async fn upgrade(
 
 async fn connection(state: Arc<Bare>, group: u64, binary: bool, socket: WebSocket) {
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let (queue, mut frames) = mpsc::unbounded_channel::<Bytes>();
-    state.groups.write().unwrap().entry(group).or_default().insert(id, Member { binary, queue });
+    let member = Arc::new(Member { binary, queue: Mutex::default(), ready: Notify::new() });
+    state.groups.write().unwrap().entry(group).or_default().insert(id, Arc::clone(&member));
     let (mut reader, mut writer) = socket.split();
     let opcode = if binary { Opcode::Binary } else { Opcode::Text };
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = frames.recv().await {
-            if writer.send(opcode, &frame).await.is_err() {
-                break;
+    'connection: loop {
+        tokio::select! {
+            _ = member.ready.notified() => {
+                while let Some(frame) = member.pop() {
+                    if writer.send(opcode, &frame).await.is_err() {
+                        break 'connection;
+                    }
+                }
             }
-        }
-    });
-    // Whatever the client sends is read and dropped.
-    while let Some(Ok(incoming)) = reader.next().await {
-        if matches!(incoming, Incoming::Close(_)) {
-            break;
+            // Whatever the client sends is read and dropped.
+            incoming = reader.next() => match incoming {
+                Some(Ok(Incoming::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
         }
     }
     {
@@ -99,7 +118,6 @@ async fn connection(state: Arc<Bare>, group: u64, binary: bool, socket: WebSocke
             }
         }
     }
-    writer.abort();
 }
 
 async fn publish(State(state): State<Arc<Bare>>, body: Bytes) -> (StatusCode, String) {
@@ -113,9 +131,8 @@ async fn publish(State(state): State<Arc<Bare>>, body: Bytes) -> (StatusCode, St
     if let Some(members) = groups.get(&event.group) {
         for member in members.values() {
             let frame = if member.binary { msgpack.clone() } else { json.clone() };
-            if member.queue.send(frame).is_ok() {
-                delivered += 1;
-            }
+            member.push(frame);
+            delivered += 1;
         }
     }
     (StatusCode::ACCEPTED, format!("{{\"delivered\":{delivered}}}"))
