@@ -128,6 +128,9 @@ pub enum CloseReason {
     /// Shutdown or drain: the client should reconnect elsewhere.
     ServerShutdown,
     ProtocolError,
+    /// The client broke the WebSocket protocol itself; the socket closes with this RFC 6455 status code
+    /// (1002, 1007 or 1009) after the same Close message as a [`CloseReason::ProtocolError`].
+    SocketError(u16),
     ClientTimeout,
     TokenExpired,
     SlowConsumer,
@@ -145,7 +148,7 @@ impl CloseReason {
         match self {
             CloseReason::ClientClosed => close(None, false),
             CloseReason::ServerShutdown => close(None, true),
-            CloseReason::ProtocolError | CloseReason::ClientTimeout => {
+            CloseReason::ProtocolError | CloseReason::SocketError(_) | CloseReason::ClientTimeout => {
                 close(Some("Connection closed with an error."), true)
             }
             CloseReason::TokenExpired => close(Some("Token expired"), true),
@@ -160,7 +163,7 @@ impl CloseReason {
         match self {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::ServerShutdown => "server_shutdown",
-            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::ProtocolError | CloseReason::SocketError(_) => "protocol_error",
             CloseReason::ClientTimeout => "client_timeout",
             CloseReason::TokenExpired => "token_expired",
             CloseReason::SlowConsumer => "slow_consumer",

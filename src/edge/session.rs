@@ -149,9 +149,10 @@ impl Session {
         let due =
             |now: Instant| client_timeout.map(|timeout| now + timeout).into_iter().chain(expires_at).min();
         let timed = client_timeout.is_some() || expires_at.is_some();
-        timer
-            .as_mut()
-            .reset(due(Instant::now()).unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)));
+        // Without a due time the timer's branch below is off, and the handshake deadline left in it unused.
+        if let Some(due) = due(Instant::now()) {
+            timer.as_mut().reset(due);
+        }
 
         loop {
             loop {

@@ -17,12 +17,10 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::websocket::{
-    close_code, write, write_frame, Accepted, Opcode, Payloads, SocketWriter, WebSocket, CLOSE_TIMEOUT,
+    close, write, write_frame, Accepted, Opcode, Opened, Payloads, SocketWriter, WebSocket, CLOSE_TIMEOUT,
 };
 use super::TransportState;
 use crate::edge::connection::{CloseReason, Connection, Outbound, OutboundReceiver};
-use crate::edge::groups::Scope;
-use crate::edge::session::Session;
 use crate::protocol::{ping_bytes, HubMessage};
 
 /// What a new socket of a resumable connection needs to find: how to hand itself to the writer, and
@@ -48,9 +46,7 @@ enum SocketEvent {
 
 /// Serves a connection that negotiated stateful reconnect, from its first socket to its end.
 pub async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) {
-    let edge = Arc::clone(&state.edge);
-    let scope = Scope::of(&accepted.principal);
-    let (connection, queue) = edge.open_connection(accepted.hub.name(), scope, accepted.connection_id.into());
+    let Opened { connection, queue, session, mut ending } = accepted.open(&state.edge, true);
     let (sockets, socket_events) = mpsc::unbounded_channel();
     let (inbound, inbound_receiver) = mpsc::channel(16);
     let resumable = Arc::new(Resumable {
@@ -59,40 +55,27 @@ pub async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket)
         inbound,
         generation: AtomicU64::new(0),
     });
-    if let Some(token) = &accepted.token {
+    if let Some(token) = ending.token() {
         state.connections.attach_resumable(token, Arc::clone(&resumable));
     }
     attach(&resumable, socket);
-    let signalr = &edge.config.signalr;
+    let config = &state.edge.config;
     let writer = tokio::spawn(write_loop(
         Arc::clone(&connection),
         queue,
         socket_events,
         Timing {
-            keep_alive: signalr.keep_alive_interval,
-            write: edge.config.limits.write_timeout,
-            disconnect: signalr.disconnect_timeout,
+            keep_alive: config.signalr.keep_alive_interval,
+            write: config.limits.write_timeout,
+            disconnect: config.signalr.disconnect_timeout,
         },
-        signalr.stateful_reconnect_buffer_bytes,
+        config.signalr.stateful_reconnect_buffer_bytes,
     ));
-    let session = Session {
-        edge: Arc::clone(&edge),
-        hub: accepted.hub,
-        connection: Arc::clone(&connection),
-        principal: accepted.principal,
-        binary_transport: true,
-        inherent_keep_alive: false,
-        stateful_offered: true,
-    };
     session.run(Box::pin(inbound_stream(inbound_receiver))).await;
     if timeout(CLOSE_TIMEOUT, writer).await.is_err() {
         tracing::debug!(connection = %connection.public_id, "writer did not finish closing in time");
     }
-    edge.release_connection(connection.id);
-    if let Some(token) = accepted.token {
-        state.connections.remove(&token);
-    }
-    drop(accepted.slot);
+    ending.release(&state, &connection);
 }
 
 /// Hands a (new) socket to the connection: its sending half to the writer, its receiving half to a reader.
@@ -245,7 +228,7 @@ async fn write_loop(
                     if let Some(last) = last {
                         let _ = write(&connection, sink, &last, timing.write).await;
                     }
-                    let _ = timeout(CLOSE_TIMEOUT, sink.close(close_code::NORMAL)).await;
+                    close(&connection, sink).await;
                     return;
                 }
             },

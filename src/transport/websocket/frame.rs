@@ -110,9 +110,12 @@ impl Decoder {
     pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
         loop {
             let Some(header) = parse_header(buffer, self.max_message)? else { return Ok(None) };
+            if header.opcode == Opcode::Continuation {
+                // The header bounds one frame; a message's fragments together are refused here, before
+                // waiting for the rest of them.
+                self.check_continuation(&header)?;
+            }
             if buffer.len() < header.header_len + header.payload_len {
-                // Refuse a message that will be too big before waiting for all of it.
-                self.check_size(&header)?;
                 return Ok(None);
             }
             buffer.advance(header.header_len);
@@ -133,7 +136,6 @@ impl Decoder {
                     self.partial = Some((text, payload));
                 }
                 Opcode::Continuation => {
-                    self.check_size(&header)?;
                     let Some((text, mut message)) = self.partial.take() else {
                         return Err(FrameError::StrayContinuation);
                     };
@@ -147,15 +149,9 @@ impl Decoder {
         }
     }
 
-    fn check_size(&self, header: &Header) -> Result<(), FrameError> {
-        if header.opcode.is_control() {
-            return Ok(());
-        }
-        let so_far = match (&self.partial, header.opcode) {
-            (Some((_, message)), Opcode::Continuation) => message.len() as u64,
-            _ => 0,
-        };
-        let size = so_far + header.payload_len as u64;
+    fn check_continuation(&self, header: &Header) -> Result<(), FrameError> {
+        let so_far = self.partial.as_ref().map_or(0, |(_, message)| message.len());
+        let size = so_far as u64 + header.payload_len as u64;
         if size > self.max_message as u64 {
             return Err(FrameError::TooBig { size, limit: self.max_message });
         }

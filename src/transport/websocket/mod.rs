@@ -27,7 +27,7 @@ use crate::auth::Principal;
 use crate::edge::connection::{CloseReason, Connection, Outbound, OutboundReceiver};
 use crate::edge::groups::Scope;
 use crate::edge::session::Session;
-use crate::edge::KeySlot;
+use crate::edge::{Edge, KeySlot};
 use crate::hubs::Hub;
 use crate::protocol::ping_bytes;
 
@@ -77,47 +77,80 @@ pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accep
     })
 }
 
+/// A WebSocket connection opened on the edge: its record, the receiving end of its queue for the writer,
+/// the session that will run it, and what it gives back when it ends.
+pub(super) struct Opened {
+    pub connection: Arc<Connection>,
+    pub queue: OutboundReceiver,
+    pub session: Session,
+    pub ending: Ending,
+}
+
+/// What a WebSocket connection holds until it ends: its negotiate token and its key's connection place.
+pub(super) struct Ending {
+    token: Option<String>,
+    slot: Option<KeySlot>,
+}
+
+impl Accepted {
+    /// Opens the connection on the edge and makes its session; `stateful_offered` when negotiate offered
+    /// stateful reconnect.
+    pub(super) fn open(self, edge: &Arc<Edge>, stateful_offered: bool) -> Opened {
+        let scope = Scope::of(&self.principal);
+        let (connection, queue) = edge.open_connection(self.hub.name(), scope, self.connection_id.into());
+        let session = Session {
+            edge: Arc::clone(edge),
+            hub: self.hub,
+            connection: Arc::clone(&connection),
+            principal: self.principal,
+            binary_transport: true,
+            inherent_keep_alive: false,
+            stateful_offered,
+        };
+        Opened { connection, queue, session, ending: Ending { token: self.token, slot: self.slot } }
+    }
+}
+
+impl Ending {
+    pub(super) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Releases the connection, its negotiate token and its key's place, once the session and the writer
+    /// are done. Not async, and by reference: the connection's future then keeps nothing twice.
+    pub(super) fn release(&mut self, state: &TransportState, connection: &Connection) {
+        state.edge.release_connection(connection.id);
+        if let Some(token) = self.token.take() {
+            state.connections.remove(&token);
+        }
+        self.slot = None;
+    }
+}
+
 /// Sets a connection up and returns what runs it. The setup is done here rather than in the future, so the
 /// future (which lives as long as the connection) holds only what the connection needs, not the socket and
 /// the request it was made from.
 fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) -> impl Future<Output = ()> {
-    let edge = Arc::clone(&state.edge);
-    let scope = Scope::of(&accepted.principal);
-    let (connection, queue) = edge.open_connection(accepted.hub.name(), scope, accepted.connection_id.into());
+    let Opened { connection, queue, session, mut ending } = accepted.open(&state.edge, false);
+    let config = &state.edge.config;
     let (reader, writer) = socket.split();
     let writer = tokio::spawn(write_loop(
         Arc::clone(&connection),
         queue,
         writer,
-        edge.config.signalr.keep_alive_interval,
-        edge.config.limits.write_timeout,
+        config.signalr.keep_alive_interval,
+        config.limits.write_timeout,
     ));
-    let inbound = Payloads::new(reader, Arc::clone(&connection));
-    let session = Session {
-        edge: Arc::clone(&edge),
-        hub: accepted.hub,
-        connection: Arc::clone(&connection),
-        principal: accepted.principal,
-        binary_transport: true,
-        inherent_keep_alive: false,
-        stateful_offered: false,
-    };
-    let (token, slot) = (accepted.token, accepted.slot);
     // Boxed: awaiting a future the block captured would move it into a second slot of the block, and
     // every idle connection would carry the session's state twice.
-    let run = Box::pin(session.run(inbound));
+    let run = Box::pin(session.run(Payloads::new(reader, Arc::clone(&connection))));
     async move {
         run.await;
-
         // The writer ends after the Close; give it the time a client needs to take it, no more.
         if timeout(CLOSE_TIMEOUT, writer).await.is_err() {
             tracing::debug!(connection = %connection.public_id, "writer did not finish closing in time");
         }
-        edge.release_connection(connection.id);
-        if let Some(token) = token {
-            state.connections.remove(&token);
-        }
-        drop(slot);
+        ending.release(&state, &connection);
     }
 }
 
@@ -154,7 +187,7 @@ impl Stream for Payloads {
                 }
                 Some(Err(error)) => {
                     tracing::info!(connection = %this.connection.public_id, %error, "closing on a WebSocket protocol error");
-                    this.connection.close(CloseReason::ProtocolError);
+                    this.connection.close(CloseReason::SocketError(error.close_code()));
                     return Poll::Ready(None);
                 }
                 None => return Poll::Ready(None),
@@ -209,11 +242,20 @@ async fn write_loop(
         }
         connection.written(batch.queued);
         if batch.close {
-            let _ = timeout(CLOSE_TIMEOUT, socket.close(close_code::NORMAL)).await;
-            return;
+            break;
         }
     }
-    let _ = timeout(CLOSE_TIMEOUT, socket.close(close_code::NORMAL)).await;
+    close(&connection, &mut socket).await;
+}
+
+/// Sends the WebSocket Close, with the status code of the client's protocol error if that is why the
+/// connection ends, and shuts the socket's sending side down.
+pub(super) async fn close(connection: &Connection, socket: &mut SocketWriter) {
+    let code = match connection.close_reason() {
+        Some(CloseReason::SocketError(code)) => *code,
+        _ => close_code::NORMAL,
+    };
+    let _ = timeout(CLOSE_TIMEOUT, socket.close(code)).await;
 }
 
 /// Writes hub messages as one WebSocket message. False when the connection is done for: the socket

@@ -195,6 +195,7 @@ describe("bad input after the handshake", () => {
         const closes = await closeMessages(c);
         assert.equal(closes.length, 1, "one Close message");
         assert.equal(closes[0].error, PROTOCOL_ERROR);
+        assert.equal(c.closeInfo.code, 1000, "a SignalR-level refusal is a normal WebSocket close");
         await server.assertServes();
     });
 
@@ -341,22 +342,25 @@ describe("WebSocket framing", () => {
         c.close();
     });
 
-    test("invalid UTF-8 in a text frame closes with 'Connection closed with an error.'", async () => {
+    test("invalid UTF-8 in a text frame closes with 'Connection closed with an error.' and status 1007", async () => {
         const c = await rawJson();
         c.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d, 0x1e]), { binary: false });
         const closes = await closeMessages(c);
         assert.equal(closes.length, 1, "one Close message");
         assert.equal(closes[0].error, PROTOCOL_ERROR);
+        assert.equal(c.closeInfo.code, 1007, "the WebSocket status says the payload was invalid");
         await server.assertServes();
     });
 
-    test("a WebSocket message over the socket limit is refused from its header alone", async () => {
+    test("a WebSocket message over the socket limit is refused by the framing with status 1009", async () => {
         const c = await rawJson();
-        // 1 MiB, announced in the frame header; the server closes without waiting for all of it.
+        // 1 MiB, over the socket's limit (4 × the 32 KiB message limit); a message the session refuses
+        // instead closes with 1000, so the status tells which layer refused it.
         c.ws.send(Buffer.alloc(1024 * 1024, 0x61), { binary: false });
         const closes = await closeMessages(c);
         assert.equal(closes.length, 1);
         assert.equal(closes[0].error, PROTOCOL_ERROR);
+        assert.equal(c.closeInfo.code, 1009);
         await server.assertServes();
     });
 
@@ -387,6 +391,8 @@ describe("WebSocket framing", () => {
         await withTimeout(ended, 3000, "waiting for the server to close the socket");
         const afterHead = received.subarray(received.indexOf("\r\n\r\n") + 4);
         assert.ok(!afterHead.includes(Buffer.from("{}\x1e")), "the handshake in an unmasked frame was not answered");
+        // The server's Close frame (unmasked, 2-byte payload) carries 1002, protocol error.
+        assert.deepEqual([...afterHead], [0x88, 0x02, 0x03, 0xea]);
         await server.assertServes();
     });
 });
