@@ -57,6 +57,7 @@ pub struct Metrics {
     pub invocation_refusals: Family<HubReasonLabels, Counter>,
     pub events_consumed: Family<HubEventLabels, Counter>,
     pub events_forwarded: Family<HubEventLabels, Counter>,
+    pub forward_messages: Counter,
     pub events_dead_lettered: Family<HubLabels, Counter>,
     pub frames_delivered: Family<HubLabels, Counter>,
     pub slow_consumer_closes: Counter,
@@ -79,6 +80,7 @@ impl Metrics {
             invocation_refusals: Family::default(),
             events_consumed: Family::default(),
             events_forwarded: Family::default(),
+            forward_messages: Counter::default(),
             events_dead_lettered: Family::default(),
             frames_delivered: Family::default(),
             slow_consumer_closes: Counter::default(),
@@ -109,6 +111,11 @@ impl Metrics {
             "events_forwarded",
             "Deliveries sent on to the edges",
             metrics.events_forwarded.clone(),
+        );
+        registry.register(
+            "forward_messages",
+            "AMQP messages carrying deliveries to the edges; under a backlog one carries several",
+            metrics.forward_messages.clone(),
         );
         registry.register(
             "events_dead_lettered",

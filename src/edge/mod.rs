@@ -124,6 +124,11 @@ impl Edge {
         self.interest.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
+    /// Whether a connection here needs the deliveries routed by `key` (from [`interest_key`]).
+    pub fn serves(&self, key: &str) -> bool {
+        self.interest.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
+    }
+
     /// Registers a connection's interest in its hub's deliveries for `scopes` and waits (a few seconds at
     /// most) until the bus delivers them, so a client whose handshake completed misses nothing.
     pub async fn register_interest(self: &Arc<Self>, hub: &str, scopes: &[Scope]) -> InterestGuard {

@@ -18,7 +18,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{connect, declare_edge_topology, decode_delivery, Backoff, Names, Readiness, StateMessage};
+use super::{
+    connect, declare_edge_topology, decode_delivery, delivery_key, split_deliveries, Backoff, Names,
+    Readiness, StateMessage,
+};
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::state::dedupe::Dedupe;
@@ -153,22 +156,13 @@ async fn session(
                 }
             },
             next = deliveries.next() => {
-                let delivery = next.context("the broker cancelled the edge's consumer")??;
-                // The producer's trace continues here when it sent one.
-                let span = super::header(&delivery.properties, "traceparent").map(|traceparent| {
-                    let span = tracing::info_span!("deliver", traceparent);
-                    crate::telemetry::continue_trace(&span, Some(&traceparent));
-                    span
-                });
-                let _entered = span.as_ref().map(tracing::Span::enter);
-                match decode_delivery(Bytes::from(delivery.data)) {
-                    Some((delivery, Some(id))) if !dedupe.first_time(&id) => {
-                        tracing::debug!(hub = delivery.hub, id, "dropping a redelivered event");
-                    }
-                    Some((delivery, _)) => {
-                        edge.deliver(&delivery);
-                    }
-                    None => tracing::warn!("dropping a malformed delivery"),
+                let message = next.context("the broker cancelled the edge's consumer")??;
+                let Some(encoded) = split_deliveries(Bytes::from(message.data)) else {
+                    tracing::warn!("dropping a malformed batch of deliveries");
+                    continue;
+                };
+                for encoded in encoded {
+                    receive(edge, dedupe, encoded);
                 }
             }
             next = state.next() => {
@@ -190,6 +184,33 @@ async fn session(
                 }
                 message.ack(BasicAckOptions::default()).await?;
             }
+        }
+    }
+}
+
+/// Hands one delivery to the local groups it names, unless it was delivered before. A batch also carries
+/// deliveries for scopes this edge does not serve; those are passed over before anything is recorded.
+fn receive(edge: &Edge, dedupe: &Dedupe, encoded: Bytes) {
+    let Some(received) = decode_delivery(encoded) else {
+        tracing::warn!("dropping a malformed delivery");
+        return;
+    };
+    if !edge.serves(&delivery_key(received.delivery.hub, &received.delivery.scope)) {
+        return;
+    }
+    // The producer's trace continues here when it sent one.
+    let span = received.traceparent.as_deref().map(|traceparent| {
+        let span = tracing::info_span!("deliver", traceparent);
+        crate::telemetry::continue_trace(&span, Some(traceparent));
+        span
+    });
+    let _entered = span.as_ref().map(tracing::Span::enter);
+    match received.message_id {
+        Some(id) if !dedupe.first_time(&id) => {
+            tracing::debug!(hub = received.delivery.hub, id, "dropping a redelivered event");
+        }
+        _ => {
+            edge.deliver(&received.delivery);
         }
     }
 }

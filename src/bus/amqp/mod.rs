@@ -249,11 +249,111 @@ struct DeliveryMeta {
     message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     published_ms: Option<u64>,
+    /// The trace the edge continues; carried per delivery, as a batch holds several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+}
+
+/// Version byte of one delivery, and of several in one message.
+const SINGLE: u8 = 1;
+const BATCH: u8 = 2;
+/// A batch holds at most this many deliveries (each adds a routing key) ...
+const MAX_BATCH_DELIVERIES: usize = 64;
+/// ... and stops taking more once its deliveries reach this size.
+const MAX_BATCH_BYTES: usize = 128 * 1024;
+
+/// Deliveries gathered into one AMQP message for the edges. The router gathers what it has ready, so a
+/// backlog costs one publish, one confirm and one edge wake-up per batch rather than per event; an event
+/// with nothing queued behind it goes alone, in the single form, without waiting.
+///
+/// The message is routed by every scope it carries (the first as its routing key, the others in `BCC`,
+/// which the broker routes by and then strips), so it reaches each edge that serves any of them. An edge
+/// hands a delivery only to the groups it names, so one for a scope the edge does not serve reaches no one.
+#[derive(Debug, Default)]
+pub struct DeliveryBatch {
+    keys: Vec<String>,
+    entries: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// A batch ready to publish.
+pub struct Forward {
+    pub routing_key: String,
+    /// The batch's other routing keys, for the `BCC` header.
+    pub more_keys: Vec<String>,
+    pub body: Vec<u8>,
+    /// How many deliveries it carries.
+    pub deliveries: usize,
+}
+
+impl DeliveryBatch {
+    /// Adds a delivery from [`encode_delivery`], routed by `key`.
+    pub fn push(&mut self, key: String, encoded: Vec<u8>) {
+        self.bytes += encoded.len();
+        if !self.keys.contains(&key) {
+            self.keys.push(key);
+        }
+        self.entries.push(encoded);
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= MAX_BATCH_DELIVERIES || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    /// What to publish, leaving the batch empty; `None` when there is nothing.
+    pub fn take(&mut self) -> Option<Forward> {
+        let mut entries = std::mem::take(&mut self.entries);
+        let mut keys = std::mem::take(&mut self.keys).into_iter();
+        let routing_key = keys.next()?;
+        let deliveries = entries.len();
+        let body = if deliveries == 1 {
+            entries.pop().expect("one entry")
+        } else {
+            let mut body = Vec::with_capacity(1 + 4 * deliveries + self.bytes);
+            body.push(BATCH);
+            for entry in &entries {
+                body.put_u32(entry.len() as u32);
+                body.put_slice(entry);
+            }
+            body
+        };
+        self.bytes = 0;
+        Some(Forward { routing_key, more_keys: keys.collect(), body, deliveries })
+    }
+}
+
+/// The deliveries of a message from the router, each still encoded; `None` if the batch is malformed.
+pub fn split_deliveries(mut body: Bytes) -> Option<Vec<Bytes>> {
+    match body.first()? {
+        &BATCH => {
+            body.advance(1);
+            let mut entries = Vec::new();
+            while body.has_remaining() {
+                if body.remaining() < 4 {
+                    return None;
+                }
+                let len = body.get_u32() as usize;
+                if body.remaining() < len {
+                    return None;
+                }
+                entries.push(body.split_to(len));
+            }
+            Some(entries)
+        }
+        _ => Some(vec![body]),
+    }
+}
+
+/// A delivery as an edge reads it back.
+pub struct ReceivedDelivery {
+    pub delivery: Delivery,
+    pub message_id: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 /// A delivery as it travels from router to edges: its metadata, then the message encoded in each protocol.
 /// Encoding happens once, in the router; edges share the received bytes among their connections.
-pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>) -> Vec<u8> {
+pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>, traceparent: Option<&str>) -> Vec<u8> {
     let meta = DeliveryMeta {
         hub: delivery.hub.to_owned(),
         scope: match &delivery.scope {
@@ -265,12 +365,13 @@ pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>) -> Vec<u8>
         filter: delivery.filter.map(|f| (f.event, f.severity)),
         message_id: message_id.map(str::to_owned),
         published_ms: delivery.published_ms,
+        traceparent: traceparent.map(str::to_owned),
     };
     let meta = serde_json::to_vec(&meta).expect("delivery metadata serializes");
     let json = delivery.message.bytes(Protocol::Json);
     let msgpack = delivery.message.bytes(Protocol::MessagePack);
     let mut out = BytesMut::with_capacity(9 + meta.len() + json.len() + msgpack.len());
-    out.put_u8(1);
+    out.put_u8(SINGLE);
     out.put_u32(meta.len() as u32);
     out.put_slice(&meta);
     out.put_u32(json.len() as u32);
@@ -280,9 +381,9 @@ pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>) -> Vec<u8>
 }
 
 /// Reads a delivery back; `None` for anything malformed (logged by the caller).
-pub fn decode_delivery(bytes: Bytes) -> Option<(Delivery, Option<String>)> {
-    let mut cursor = bytes.clone();
-    if cursor.remaining() < 5 || cursor.get_u8() != 1 {
+pub fn decode_delivery(bytes: Bytes) -> Option<ReceivedDelivery> {
+    let mut cursor = bytes;
+    if cursor.remaining() < 5 || cursor.get_u8() != SINGLE {
         return None;
     }
     let meta_len = cursor.get_u32() as usize;
@@ -311,7 +412,7 @@ pub fn decode_delivery(bytes: Bytes) -> Option<(Delivery, Option<String>)> {
         published_ms: meta.published_ms,
         message: std::sync::Arc::new(EncodedMessage::preencoded(json, msgpack)),
     };
-    Some((delivery, meta.message_id))
+    Some(ReceivedDelivery { delivery, message_id: meta.message_id, traceparent: meta.traceparent })
 }
 
 /// A state change as it travels on the state stream: with the id of the event that caused it (and its
@@ -446,8 +547,11 @@ mod tests {
             published_ms: Some(1),
             message: Arc::clone(&message),
         };
-        let (decoded, id) = decode_delivery(Bytes::from(encode_delivery(&delivery, Some("m1")))).unwrap();
-        assert_eq!(id.as_deref(), Some("m1"));
+        let received =
+            decode_delivery(Bytes::from(encode_delivery(&delivery, Some("m1"), Some("00-a-b-01")))).unwrap();
+        assert_eq!(received.message_id.as_deref(), Some("m1"));
+        assert_eq!(received.traceparent.as_deref(), Some("00-a-b-01"));
+        let decoded = received.delivery;
         assert_eq!(decoded.hub, "tasks");
         assert_eq!(decoded.scope, delivery.scope);
         assert_eq!(decoded.groups, delivery.groups);
@@ -457,6 +561,77 @@ mod tests {
         }
         assert!(decode_delivery(Bytes::from_static(b"\x02garbage")).is_none());
         assert!(decode_delivery(Bytes::from_static(b"\x01\x00\x00\x10\x00")).is_none());
+    }
+
+    fn tenant_delivery(key: &str, task: &str) -> Delivery {
+        let message = HubMessage::event("TaskProgress", vec![json!(task), json!(5)]);
+        Delivery {
+            hub: "tasks",
+            scope: Scope::Tenant(KeyId::parse(key).unwrap()),
+            groups: vec![format!("task-{task}")],
+            filter: None,
+            published_ms: None,
+            message: Arc::new(EncodedMessage::new(message)),
+        }
+    }
+
+    #[test]
+    fn a_lone_delivery_goes_in_the_single_form() {
+        let mut batch = DeliveryBatch::default();
+        assert!(batch.take().is_none(), "an empty batch publishes nothing");
+        let encoded = encode_delivery(&tenant_delivery("7", "a"), Some("m1#0"), None);
+        batch.push("d.tasks.t.7".into(), encoded.clone());
+        let forward = batch.take().unwrap();
+        assert_eq!(forward.routing_key, "d.tasks.t.7");
+        assert!(forward.more_keys.is_empty());
+        assert_eq!(forward.deliveries, 1);
+        assert_eq!(forward.body, encoded, "exactly the single form, readable by edges that predate batches");
+        assert_eq!(split_deliveries(Bytes::from(forward.body)).unwrap().len(), 1);
+        assert!(batch.take().is_none(), "taking empties the batch");
+    }
+
+    #[test]
+    fn a_batch_routes_by_each_scope_once_and_splits_back_in_order() {
+        let mut batch = DeliveryBatch::default();
+        let keys = ["7", "9", "7", "12"];
+        for (index, key) in keys.iter().enumerate() {
+            let encoded = encode_delivery(
+                &tenant_delivery(key, &format!("t{index}")),
+                Some(&format!("m{index}")),
+                None,
+            );
+            batch.push(format!("d.tasks.t.{key}"), encoded);
+        }
+        let forward = batch.take().unwrap();
+        assert_eq!(forward.routing_key, "d.tasks.t.7");
+        assert_eq!(forward.more_keys, ["d.tasks.t.9", "d.tasks.t.12"]);
+        assert_eq!(forward.deliveries, 4);
+        let entries = split_deliveries(Bytes::from(forward.body.clone())).unwrap();
+        let received: Vec<_> = entries.into_iter().map(|entry| decode_delivery(entry).unwrap()).collect();
+        let ids: Vec<_> = received.iter().map(|r| r.message_id.clone().unwrap()).collect();
+        assert_eq!(ids, ["m0", "m1", "m2", "m3"]);
+        let scopes: Vec<_> = received.iter().map(|r| r.delivery.scope.clone()).collect();
+        let expected: Vec<_> = keys.iter().map(|key| Scope::Tenant(KeyId::parse(key).unwrap())).collect();
+        assert_eq!(scopes, expected);
+
+        // A truncated batch is refused whole rather than read in part.
+        for cut in [2, 5, forward.body.len() - 1] {
+            assert!(split_deliveries(Bytes::copy_from_slice(&forward.body[..cut])).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_count_or_size() {
+        let mut batch = DeliveryBatch::default();
+        for _ in 0..MAX_BATCH_DELIVERIES - 1 {
+            batch.push("d.tasks.t.7".into(), vec![SINGLE; 10]);
+        }
+        assert!(!batch.is_full());
+        batch.push("d.tasks.t.7".into(), vec![SINGLE; 10]);
+        assert!(batch.is_full());
+        batch.take();
+        batch.push("d.tasks.t.7".into(), vec![SINGLE; MAX_BATCH_BYTES]);
+        assert!(batch.is_full(), "one delivery of the size limit fills it");
     }
 
     #[test]

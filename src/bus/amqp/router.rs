@@ -22,8 +22,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    connect, declare_edge_topology, declare_hub_topology, delivery_key, encode_delivery, Backoff, Names,
-    Readiness, StateChange, StateMessage,
+    connect, declare_edge_topology, declare_hub_topology, delivery_key, encode_delivery, Backoff,
+    DeliveryBatch, Names, Readiness, StateChange, StateMessage,
 };
 use crate::config::Config;
 use crate::router::{Dispatch, Router};
@@ -149,9 +149,18 @@ async fn session(
                 message.ack(BasicAckOptions::default()).await?;
             }
             next = consumers.next() => {
-                let delivery = next.context("the broker cancelled the router's consumers")??;
-                let publishing = handle(&names, router, &publish, &delivery, config.bus.max_event_bytes)?;
-                pending.push_back(settle(delivery, publishing));
+                // This message and those already waiting behind it (a backlog) go out together: their
+                // deliveries in as few batches as the limits allow, settled and acked as one.
+                let mut last = next.context("the broker cancelled the router's consumers")??;
+                let mut routed = Routed::default();
+                handle(&names, router, &publish, &last, config.bus.max_event_bytes, &mut routed)?;
+                for _ in 1..MAX_MESSAGES_AT_ONCE {
+                    let Some(next) = ready_now(&mut consumers).await else { break };
+                    last = next?;
+                    handle(&names, router, &publish, &last, config.bus.max_event_bytes, &mut routed)?;
+                }
+                routed.flush(&names, &publish);
+                pending.push_back(settle(last, routed.publishing));
             }
         }
     }
@@ -220,14 +229,60 @@ fn start_publish(
     })
 }
 
-/// Routes one message and starts publishing what it causes; returns the publishes to settle before acking.
+/// How many ready messages the router takes in one go.
+const MAX_MESSAGES_AT_ONCE: usize = 64;
+
+/// What routing a run of messages produced: publishes started (state changes, dead letters, full
+/// batches) and the batch of deliveries still being gathered.
+#[derive(Default)]
+struct Routed {
+    publishing: Vec<Publishing>,
+    batch: DeliveryBatch,
+    /// The AMQP timestamp of the batch's first event.
+    batch_timestamp: Option<u64>,
+}
+
+impl Routed {
+    fn forward(&mut self, names: &Names, publish: &Channel, key: String, encoded: Vec<u8>, timestamp: u64) {
+        self.batch_timestamp.get_or_insert(timestamp);
+        self.batch.push(key, encoded);
+        if self.batch.is_full() {
+            self.flush(names, publish);
+        }
+    }
+
+    /// Starts publishing the batch gathered so far.
+    fn flush(&mut self, names: &Names, publish: &Channel) {
+        let Some(forward) = self.batch.take() else { return };
+        crate::metrics::metrics().forward_messages.inc();
+        let mut headers = FieldTable::default();
+        if !forward.more_keys.is_empty() {
+            let keys =
+                forward.more_keys.iter().map(|key| AMQPValue::LongString(LongString::from(key.as_str())));
+            headers.insert("BCC".into(), AMQPValue::FieldArray(keys.collect::<Vec<_>>().into()));
+        }
+        let timestamp = self.batch_timestamp.take().unwrap_or_else(super::now_unix_seconds);
+        let properties = BasicProperties::default().with_timestamp(timestamp).with_headers(headers);
+        self.publishing.push(start_publish(
+            publish,
+            names.edges_exchange(),
+            forward.routing_key,
+            forward.body,
+            properties,
+        ));
+    }
+}
+
+/// Routes one message: its deliveries join the batch, its state changes (or its dead letter) start
+/// publishing at once.
 fn handle(
     names: &Names,
     router: &Router,
     publish: &Channel,
     delivery: &AmqpDelivery,
     max_event_bytes: usize,
-) -> anyhow::Result<Vec<Publishing>> {
+    routed: &mut Routed,
+) -> anyhow::Result<()> {
     let routing_key = delivery.routing_key.as_str();
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
     let traceparent = super::header(&delivery.properties, "traceparent");
@@ -252,53 +307,38 @@ fn handle(
         Err(reason) => {
             tracing::info!(%reason, "dead-lettering");
             metrics.events_dead_lettered.get_or_create(&crate::metrics::hub(hub_name)).inc();
-            return Ok(vec![dead_letter(names, publish, delivery, &reason)]);
+            routed.publishing.push(dead_letter(names, publish, delivery, &reason));
+            return Ok(());
         }
     };
-    let mut publishing = Vec::with_capacity(dispatches.len());
+    let timestamp = delivery.properties.timestamp().unwrap_or_else(super::now_unix_seconds);
     for (index, dispatch) in dispatches.iter().enumerate() {
-        let started = match dispatch {
+        match dispatch {
             Dispatch::Deliver(deliver) => {
                 // One event can cause several deliveries (an alert, an admin mirror); each has its own id.
                 let delivery_id = message_id.as_ref().map(|id| format!("{id}#{index}"));
                 metrics.events_forwarded.get_or_create(&crate::metrics::hub_event(deliver.hub, event)).inc();
                 let mut deliver = deliver.clone();
                 deliver.published_ms = published_ms;
-                let body = encode_delivery(&deliver, delivery_id.as_deref());
-                let mut headers = FieldTable::default();
-                if let Some(traceparent) = &traceparent {
-                    headers.insert(
-                        "traceparent".into(),
-                        AMQPValue::LongString(LongString::from(traceparent.as_str())),
-                    );
-                }
-                let properties = BasicProperties::default()
-                    .with_timestamp(delivery.properties.timestamp().unwrap_or_else(super::now_unix_seconds))
-                    .with_headers(headers);
-                start_publish(
-                    publish,
-                    names.edges_exchange(),
-                    delivery_key(deliver.hub, &deliver.scope),
-                    body,
-                    properties,
-                )
+                let encoded = encode_delivery(&deliver, delivery_id.as_deref(), traceparent.as_deref());
+                let key = delivery_key(deliver.hub, &deliver.scope);
+                routed.forward(names, publish, key, encoded, timestamp);
             }
             state => {
                 let change = StateChange::from_dispatch(state).expect("every non-delivery has a state form");
                 let id = message_id.as_ref().map(|id| format!("{id}#{index}"));
                 let body = serde_json::to_vec(&StateMessage { id, change })?;
-                start_publish(
+                routed.publishing.push(start_publish(
                     publish,
                     String::new(),
                     names.state_stream(),
                     body,
                     BasicProperties::default().with_delivery_mode(2),
-                )
+                ));
             }
-        };
-        publishing.push(started);
+        }
     }
-    Ok(publishing)
+    Ok(())
 }
 
 /// When the producer published: its millisecond header, else the AMQP timestamp (whole seconds).
@@ -346,15 +386,15 @@ fn dead_letter(names: &Names, publish: &Channel, delivery: &AmqpDelivery, reason
     start_publish(publish, names.dead_letter(), String::new(), delivery.data.clone(), properties)
 }
 
-/// Waits until everything a message caused is confirmed, and returns it for acking; a refused publish sends
-/// it back to the queue.
-async fn settle(delivery: AmqpDelivery, publishing: Vec<Publishing>) -> anyhow::Result<AmqpDelivery> {
+/// Waits until everything a run of messages caused is confirmed, and returns the last for acking it and
+/// those before it; a refused publish sends them back to the queue.
+async fn settle(last: AmqpDelivery, publishing: Vec<Publishing>) -> anyhow::Result<AmqpDelivery> {
     for publish in publishing {
         let confirm = publish.await.context("publishing to RabbitMQ")?;
         if let Confirmation::Nack(_) = confirm.await? {
-            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+            last.nack(BasicNackOptions { requeue: true, multiple: true }).await?;
             bail!("the broker refused a forward; the event goes back to its queue");
         }
     }
-    Ok(delivery)
+    Ok(last)
 }

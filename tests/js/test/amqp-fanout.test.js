@@ -15,13 +15,14 @@ describe("RabbitMQ fan-out: two edges, two routers", { skip: skipUnlessBroker(br
     const world = new AmqpWorld();
     let edgeA;
     let edgeB;
+    let routers;
     const qA = () => world.edgeQueue("a");
     const qB = () => world.edgeQueue("b");
 
     before(async () => {
         requireBroker(broker, ctl);
         await world.open();
-        await Promise.all([world.start("router", { name: "router 1" }), world.start("router", { name: "router 2" })]);
+        routers = await Promise.all([world.start("router", { name: "router 1" }), world.start("router", { name: "router 2" })]);
         [edgeA, edgeB] = await Promise.all([world.start("edge", { node: "a" }), world.start("edge", { node: "b" })]);
     });
     after(async () => {
@@ -127,5 +128,43 @@ describe("RabbitMQ fan-out: two edges, two routers", { skip: skipUnlessBroker(br
         assert.deepEqual(byEvent(logs[2].log), byEvent(expected));
         assert.deepEqual(logs[0].log, [], "not subscribed to xyz: nothing");
         for (const c of [outsider, member, memberA]) await c.stop();
+    });
+
+    test("a backlog goes out in batches: each tenant's members get exactly their events, in order, on both edges", async () => {
+        // Keys 7 and 9 use the same task id: only the key separates their groups.
+        const taskId = uid("backlog");
+        const sevenA = await client(edgeA, "7");
+        const sevenB = await client(edgeB, "7", "messagepack");
+        const nineB = await client(edgeB, "9");
+        for (const c of [sevenA, sevenB, nineB]) await c.invoke("SubscribeToTask", taskId);
+        const logs = [sevenA, sevenB, nineB].map((c) => record(c, ["TaskProgress"]));
+
+        await Promise.all(routers.map((r) => r.stop()));
+        const q = world.routerQueue("tasks");
+        await eventually(async () => (await world.checkQueue(q)).consumerCount === 0, 5000, `${q} without consumers`);
+        const EVENTS = 60;
+        const sent = { 7: [], 9: [] };
+        for (let i = 0; i < EVENTS; i++) {
+            const key = i % 2 === 0 ? "7" : "9";
+            const id = uid(`b${key}-${i}`);
+            sent[key].push({ event: "TaskProgress", args: [taskId, i, id] });
+            await world.publishNoWait("tasks", `vkey.${key}.TaskProgress`, progress(taskId, i, id), { messageId: id });
+        }
+        await eventually(async () => (await world.checkQueue(q)).messageCount === EVENTS, 5000, `${EVENTS} events waiting in ${q}`);
+
+        const router = await world.start("router", { name: "router 3" });
+        routers = [router];
+        await logs[0].until((l) => l.length >= EVENTS / 2, 15_000, "key-7 events on edge a");
+        await logs[1].until((l) => l.length >= EVENTS / 2, 15_000, "key-7 events on edge b");
+        await logs[2].until((l) => l.length >= EVENTS / 2, 15_000, "key-9 events on edge b");
+        await sleep(SETTLE_MS);
+        assert.deepEqual(logs[0].log, sent[7], "key 7 on edge a: its own events once each, in order, none of key 9's");
+        assert.deepEqual(logs[1].log, sent[7], "key 7 on edge b: the same");
+        assert.deepEqual(logs[2].log, sent[9], "key 9 on edge b: its own events once each, in order, none of key 7's");
+
+        const forwards = await router.metric("hubcast_forward_messages_total");
+        assert.ok(forwards >= 1 && forwards < EVENTS, `the router sent the backlog of ${EVENTS} events in fewer messages (${forwards})`);
+        assert.equal((await world.checkQueue(q)).messageCount, 0, `${q} is empty`);
+        for (const c of [sevenA, sevenB, nineB]) await c.stop();
     });
 });
