@@ -97,12 +97,14 @@ async fn session(
     backoff.reset();
     tracing::info!("router connected to RabbitMQ");
 
-    // Acks wait for the confirms of what each message caused; they complete in order, as they were queued.
+    // Acks wait for the confirms of what each run of messages caused; runs settle in the order they were
+    // taken, and `settled` turns them into the delivery tag that all before it are settled up to.
     let mut pending = FuturesOrdered::new();
+    let mut settled = Settled::default();
     // One ack in flight at a time: lapin may send concurrent acks in any order, and a multiple ack must not
-    // overtake an earlier one. Settled messages meanwhile wait in `ack_next` (the latest covers the rest).
+    // overtake an earlier one. Meanwhile the latest tag to ack waits in `ack_next` (it covers the rest).
     let mut ack_in_flight: Option<Acking> = None;
-    let mut ack_next: Option<AmqpDelivery> = None;
+    let mut ack_next: Option<u64> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -112,29 +114,31 @@ async fn session(
                 }
                 let mut last = ack_next.take();
                 while let Some(result) = pending.next().await {
-                    last = Some(result?);
+                    last = settled.record(result?).or(last);
                 }
-                if let Some(last) = last {
-                    ack_up_to(last).await?;
+                if let Some(tag) = last {
+                    ack_up_to(&consume, tag).await?;
                 }
                 let _ = connection.close(200, "shutdown".into()).await;
                 return Ok(());
             }
             Some(result) = pending.next(), if !pending.is_empty() => {
-                // Settled messages complete in delivery order, so one multiple ack of the last one that is
-                // ready covers all of them: fewer acks for the broker (each one a log entry on a quorum queue).
-                let mut last = result?;
+                // One multiple ack for every run settled by now: fewer acks for the broker (each one a log
+                // entry on a quorum queue).
+                let mut tag = settled.record(result?);
                 while let Some(result) = ready_now(&mut pending).await {
-                    last = result?;
+                    tag = settled.record(result?).or(tag);
                 }
-                match ack_in_flight {
-                    None => ack_in_flight = Some(ack_up_to(last)),
-                    Some(_) => ack_next = Some(last),
+                if let Some(tag) = tag {
+                    match ack_in_flight {
+                        None => ack_in_flight = Some(ack_up_to(&consume, tag)),
+                        Some(_) => ack_next = Some(tag),
+                    }
                 }
             }
             result = async { ack_in_flight.as_mut().expect("checked").await }, if ack_in_flight.is_some() => {
                 result?;
-                ack_in_flight = ack_next.take().map(ack_up_to);
+                ack_in_flight = ack_next.take().map(|tag| ack_up_to(&consume, tag));
             }
             next = alerts.next() => {
                 let message = next.context("the broker cancelled the state stream consumer")??;
@@ -160,7 +164,7 @@ async fn session(
                     handle(&names, router, &publish, &last, config.bus.max_event_bytes, &mut routed)?;
                 }
                 routed.flush(&names, &publish);
-                pending.push_back(settle(last, routed.publishing));
+                pending.push_back(settle(last, routed.tags, routed.publishing));
             }
         }
     }
@@ -196,12 +200,37 @@ async fn ready_now<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
 /// An ack on its way; it resolves once lapin has sent it.
 type Acking = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
-/// Acks a delivery and every earlier one of its channel.
-fn ack_up_to(delivery: AmqpDelivery) -> Acking {
+/// Acks a delivery tag of the consuming channel and every one before it.
+fn ack_up_to(channel: &Channel, tag: u64) -> Acking {
+    let channel = channel.clone();
     started(async move {
-        delivery.ack(BasicAckOptions { multiple: true }).await?;
+        channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
         Ok(())
     })
+}
+
+/// The delivery tags settled so far on the consuming channel, and the one that every tag up to is settled.
+/// The hubs' consumers share the channel and its tag sequence, and nothing promises that their messages
+/// are taken in tag order; a multiple ack goes only as far as every earlier tag is settled.
+#[derive(Debug, Default)]
+struct Settled {
+    /// Every tag up to this one is settled (tags start at 1).
+    through: u64,
+    /// Settled tags beyond a gap.
+    beyond: std::collections::BTreeSet<u64>,
+}
+
+impl Settled {
+    /// Records settled tags; returns the tag to ack up to when that has moved.
+    fn record(&mut self, tags: Vec<u64>) -> Option<u64> {
+        let before = self.through;
+        self.beyond.extend(tags);
+        while self.beyond.first() == Some(&(self.through + 1)) {
+            self.beyond.pop_first();
+            self.through += 1;
+        }
+        (self.through > before).then_some(self.through)
+    }
 }
 
 /// Starts a publish without waiting for it to be written. Polled once here, `basic_publish` queues its
@@ -236,6 +265,8 @@ const MAX_MESSAGES_AT_ONCE: usize = 64;
 /// batches) and the batch of deliveries still being gathered.
 #[derive(Default)]
 struct Routed {
+    /// The delivery tags of the messages routed.
+    tags: Vec<u64>,
     publishing: Vec<Publishing>,
     batch: DeliveryBatch,
     /// The AMQP timestamp of the batch's first event.
@@ -283,6 +314,7 @@ fn handle(
     max_event_bytes: usize,
     routed: &mut Routed,
 ) -> anyhow::Result<()> {
+    routed.tags.push(delivery.delivery_tag);
     let routing_key = delivery.routing_key.as_str();
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
     let traceparent = super::header(&delivery.properties, "traceparent");
@@ -386,15 +418,33 @@ fn dead_letter(names: &Names, publish: &Channel, delivery: &AmqpDelivery, reason
     start_publish(publish, names.dead_letter(), String::new(), delivery.data.clone(), properties)
 }
 
-/// Waits until everything a run of messages caused is confirmed, and returns the last for acking it and
-/// those before it; a refused publish sends them back to the queue.
-async fn settle(last: AmqpDelivery, publishing: Vec<Publishing>) -> anyhow::Result<AmqpDelivery> {
+/// Waits until everything a run of messages caused is confirmed, and returns their tags for acking; a
+/// refused publish sends them back to the queue.
+async fn settle(last: AmqpDelivery, tags: Vec<u64>, publishing: Vec<Publishing>) -> anyhow::Result<Vec<u64>> {
     for publish in publishing {
         let confirm = publish.await.context("publishing to RabbitMQ")?;
         if let Confirmation::Nack(_) = confirm.await? {
+            // Whatever else is unacked goes back too, when the session ends on this error.
             last.nack(BasicNackOptions { requeue: true, multiple: true }).await?;
-            bail!("the broker refused a forward; the event goes back to its queue");
+            bail!("the broker refused a forward; the events go back to their queue");
         }
     }
-    Ok(last)
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settled;
+
+    #[test]
+    fn acks_go_only_as_far_as_every_earlier_tag_is_settled() {
+        let mut settled = Settled::default();
+        assert_eq!(settled.record(vec![1, 2]), Some(2));
+        assert_eq!(settled.record(vec![4, 5]), None, "3 is not settled yet");
+        assert_eq!(settled.record(vec![7]), None);
+        assert_eq!(settled.record(vec![3]), Some(5), "3 closes the gap up to 5; 7 waits for 6");
+        assert_eq!(settled.record(vec![]), None);
+        assert_eq!(settled.record(vec![6, 8]), Some(8));
+        assert!(settled.beyond.is_empty());
+    }
 }
