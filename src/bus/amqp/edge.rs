@@ -161,8 +161,10 @@ async fn session(
                     tracing::warn!("dropping a malformed batch of deliveries");
                     continue;
                 };
+                // A lone delivery came by this edge's own binding; only a batch carries other scopes.
+                let batched = encoded.len() > 1;
                 for encoded in encoded {
-                    receive(edge, dedupe, encoded);
+                    receive(edge, dedupe, encoded, batched);
                 }
             }
             next = state.next() => {
@@ -190,12 +192,12 @@ async fn session(
 
 /// Hands one delivery to the local groups it names, unless it was delivered before. A batch also carries
 /// deliveries for scopes this edge does not serve; those are passed over before anything is recorded.
-fn receive(edge: &Edge, dedupe: &Dedupe, encoded: Bytes) {
+fn receive(edge: &Edge, dedupe: &Dedupe, encoded: Bytes, batched: bool) {
     let Some(received) = decode_delivery(encoded) else {
         tracing::warn!("dropping a malformed delivery");
         return;
     };
-    if !edge.serves(&delivery_key(received.delivery.hub, &received.delivery.scope)) {
+    if batched && !edge.serves(&delivery_key(received.delivery.hub, &received.delivery.scope)) {
         return;
     }
     // The producer's trace continues here when it sent one.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -272,8 +272,9 @@ const MAX_BATCH_BYTES: usize = 128 * 1024;
 #[derive(Debug, Default)]
 pub struct DeliveryBatch {
     keys: Vec<String>,
-    entries: Vec<Vec<u8>>,
-    bytes: usize,
+    /// The batch form as it goes out; deliveries are encoded straight into it.
+    body: Vec<u8>,
+    deliveries: usize,
 }
 
 /// A batch ready to publish.
@@ -287,37 +288,42 @@ pub struct Forward {
 }
 
 impl DeliveryBatch {
-    /// Adds a delivery from [`encode_delivery`], routed by `key`.
-    pub fn push(&mut self, key: String, encoded: Vec<u8>) {
-        self.bytes += encoded.len();
+    /// Adds a delivery routed by `key`, with the id and trace it carries (see [`encode_delivery`]).
+    pub fn push(
+        &mut self,
+        key: String,
+        delivery: &Delivery,
+        message_id: Option<&str>,
+        traceparent: Option<&str>,
+    ) {
+        if self.body.is_empty() {
+            self.body.push(BATCH);
+        }
+        let length_at = self.body.len();
+        self.body.put_u32(0);
+        encode_delivery_into(&mut self.body, delivery, message_id, traceparent);
+        let length = (self.body.len() - length_at - 4) as u32;
+        self.body[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+        self.deliveries += 1;
         if !self.keys.contains(&key) {
             self.keys.push(key);
         }
-        self.entries.push(encoded);
     }
 
     pub fn is_full(&self) -> bool {
-        self.entries.len() >= MAX_BATCH_DELIVERIES || self.bytes >= MAX_BATCH_BYTES
+        self.deliveries >= MAX_BATCH_DELIVERIES || self.body.len() >= MAX_BATCH_BYTES
     }
 
     /// What to publish, leaving the batch empty; `None` when there is nothing.
     pub fn take(&mut self) -> Option<Forward> {
-        let mut entries = std::mem::take(&mut self.entries);
         let mut keys = std::mem::take(&mut self.keys).into_iter();
         let routing_key = keys.next()?;
-        let deliveries = entries.len();
-        let body = if deliveries == 1 {
-            entries.pop().expect("one entry")
-        } else {
-            let mut body = Vec::with_capacity(1 + 4 * deliveries + self.bytes);
-            body.push(BATCH);
-            for entry in &entries {
-                body.put_u32(entry.len() as u32);
-                body.put_slice(entry);
-            }
-            body
-        };
-        self.bytes = 0;
+        let mut body = std::mem::take(&mut self.body);
+        let deliveries = std::mem::take(&mut self.deliveries);
+        if deliveries == 1 {
+            // Alone, it goes in the single form: without the batch's version byte and length.
+            body.drain(..5);
+        }
         Some(Forward { routing_key, more_keys: keys.collect(), body, deliveries })
     }
 }
@@ -354,6 +360,17 @@ pub struct ReceivedDelivery {
 /// A delivery as it travels from router to edges: its metadata, then the message encoded in each protocol.
 /// Encoding happens once, in the router; edges share the received bytes among their connections.
 pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>, traceparent: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_delivery_into(&mut out, delivery, message_id, traceparent);
+    out
+}
+
+fn encode_delivery_into(
+    out: &mut Vec<u8>,
+    delivery: &Delivery,
+    message_id: Option<&str>,
+    traceparent: Option<&str>,
+) {
     let meta = DeliveryMeta {
         hub: delivery.hub.to_owned(),
         scope: match &delivery.scope {
@@ -370,14 +387,13 @@ pub fn encode_delivery(delivery: &Delivery, message_id: Option<&str>, traceparen
     let meta = serde_json::to_vec(&meta).expect("delivery metadata serializes");
     let json = delivery.message.bytes(Protocol::Json);
     let msgpack = delivery.message.bytes(Protocol::MessagePack);
-    let mut out = BytesMut::with_capacity(9 + meta.len() + json.len() + msgpack.len());
+    out.reserve(9 + meta.len() + json.len() + msgpack.len());
     out.put_u8(SINGLE);
     out.put_u32(meta.len() as u32);
     out.put_slice(&meta);
     out.put_u32(json.len() as u32);
     out.put_slice(json);
     out.put_slice(msgpack);
-    out.to_vec()
 }
 
 /// Reads a delivery back; `None` for anything malformed (logged by the caller).
@@ -579,8 +595,9 @@ mod tests {
     fn a_lone_delivery_goes_in_the_single_form() {
         let mut batch = DeliveryBatch::default();
         assert!(batch.take().is_none(), "an empty batch publishes nothing");
-        let encoded = encode_delivery(&tenant_delivery("7", "a"), Some("m1#0"), None);
-        batch.push("d.tasks.t.7".into(), encoded.clone());
+        let delivery = tenant_delivery("7", "a");
+        batch.push("d.tasks.t.7".into(), &delivery, Some("m1#0"), None);
+        let encoded = encode_delivery(&delivery, Some("m1#0"), None);
         let forward = batch.take().unwrap();
         assert_eq!(forward.routing_key, "d.tasks.t.7");
         assert!(forward.more_keys.is_empty());
@@ -595,12 +612,8 @@ mod tests {
         let mut batch = DeliveryBatch::default();
         let keys = ["7", "9", "7", "12"];
         for (index, key) in keys.iter().enumerate() {
-            let encoded = encode_delivery(
-                &tenant_delivery(key, &format!("t{index}")),
-                Some(&format!("m{index}")),
-                None,
-            );
-            batch.push(format!("d.tasks.t.{key}"), encoded);
+            let delivery = tenant_delivery(key, &format!("t{index}"));
+            batch.push(format!("d.tasks.t.{key}"), &delivery, Some(&format!("m{index}")), None);
         }
         let forward = batch.take().unwrap();
         assert_eq!(forward.routing_key, "d.tasks.t.7");
@@ -623,15 +636,19 @@ mod tests {
     #[test]
     fn a_batch_is_full_at_its_count_or_size() {
         let mut batch = DeliveryBatch::default();
+        let small = tenant_delivery("7", "a");
         for _ in 0..MAX_BATCH_DELIVERIES - 1 {
-            batch.push("d.tasks.t.7".into(), vec![SINGLE; 10]);
+            batch.push("d.tasks.t.7".into(), &small, None, None);
         }
         assert!(!batch.is_full());
-        batch.push("d.tasks.t.7".into(), vec![SINGLE; 10]);
+        batch.push("d.tasks.t.7".into(), &small, None, None);
         assert!(batch.is_full());
-        batch.take();
-        batch.push("d.tasks.t.7".into(), vec![SINGLE; MAX_BATCH_BYTES]);
-        assert!(batch.is_full(), "one delivery of the size limit fills it");
+        assert_eq!(batch.take().unwrap().deliveries, MAX_BATCH_DELIVERIES);
+        batch.push("d.tasks.t.7".into(), &tenant_delivery("7", &"x".repeat(MAX_BATCH_BYTES / 2)), None, None);
+        assert!(
+            batch.is_full(),
+            "one delivery of the size limit fills it (its task id goes in both encodings)"
+        );
     }
 
     #[test]

@@ -22,10 +22,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    connect, declare_edge_topology, declare_hub_topology, delivery_key, encode_delivery, Backoff,
-    DeliveryBatch, Names, Readiness, StateChange, StateMessage,
+    connect, declare_edge_topology, declare_hub_topology, delivery_key, Backoff, DeliveryBatch, Names,
+    Readiness, StateChange, StateMessage,
 };
 use crate::config::Config;
+use crate::edge::Delivery;
 use crate::router::{Dispatch, Router};
 
 /// Runs the router role until `shutdown`, reconnecting with backoff whenever the broker goes away.
@@ -274,9 +275,18 @@ struct Routed {
 }
 
 impl Routed {
-    fn forward(&mut self, names: &Names, publish: &Channel, key: String, encoded: Vec<u8>, timestamp: u64) {
+    /// Adds a delivery to the batch; a full batch starts publishing.
+    fn forward(
+        &mut self,
+        names: &Names,
+        publish: &Channel,
+        delivery: &Delivery,
+        id: Option<&str>,
+        traceparent: Option<&str>,
+        timestamp: u64,
+    ) {
         self.batch_timestamp.get_or_insert(timestamp);
-        self.batch.push(key, encoded);
+        self.batch.push(delivery_key(delivery.hub, &delivery.scope), delivery, id, traceparent);
         if self.batch.is_full() {
             self.flush(names, publish);
         }
@@ -344,20 +354,18 @@ fn handle(
         }
     };
     let timestamp = delivery.properties.timestamp().unwrap_or_else(super::now_unix_seconds);
-    for (index, dispatch) in dispatches.iter().enumerate() {
+    for (index, dispatch) in dispatches.into_iter().enumerate() {
         match dispatch {
-            Dispatch::Deliver(deliver) => {
+            Dispatch::Deliver(mut deliver) => {
                 // One event can cause several deliveries (an alert, an admin mirror); each has its own id.
                 let delivery_id = message_id.as_ref().map(|id| format!("{id}#{index}"));
                 metrics.events_forwarded.get_or_create(&crate::metrics::hub_event(deliver.hub, event)).inc();
-                let mut deliver = deliver.clone();
                 deliver.published_ms = published_ms;
-                let encoded = encode_delivery(&deliver, delivery_id.as_deref(), traceparent.as_deref());
-                let key = delivery_key(deliver.hub, &deliver.scope);
-                routed.forward(names, publish, key, encoded, timestamp);
+                let (id, traceparent) = (delivery_id.as_deref(), traceparent.as_deref());
+                routed.forward(names, publish, &deliver, id, traceparent, timestamp);
             }
             state => {
-                let change = StateChange::from_dispatch(state).expect("every non-delivery has a state form");
+                let change = StateChange::from_dispatch(&state).expect("every non-delivery has a state form");
                 let id = message_id.as_ref().map(|id| format!("{id}#{index}"));
                 let body = serde_json::to_vec(&StateMessage { id, change })?;
                 routed.publishing.push(start_publish(

@@ -29,6 +29,18 @@ async function closeMessages(c, ms = 5000) {
     return messages.filter((m) => m.msg && m.msg.type === 7).map((m) => m.msg);
 }
 
+/**
+ * Asserts that `c` got exactly one SignalR Close with the generic protocol error, then a WebSocket close with
+ * `wsCode` when one is given, and that the server still serves others.
+ */
+async function assertProtocolErrorClose(c, wsCode, why) {
+    const closes = await closeMessages(c);
+    assert.equal(closes.length, 1, "one Close message");
+    assert.equal(closes[0].error, PROTOCOL_ERROR);
+    if (wsCode !== undefined) assert.equal(c.closeInfo.code, wsCode, why);
+    await server.assertServes();
+}
+
 const invocation = (id, target, args) => JSON.stringify({ type: 1, invocationId: id, target, arguments: args }) + RS;
 
 describe("handshake", () => {
@@ -192,11 +204,7 @@ describe("bad input after the handshake", () => {
 
         const c = await rawJson();
         c.send(invocation("1", "SubscribeToTask", ["x".repeat(40_000)]));
-        const closes = await closeMessages(c);
-        assert.equal(closes.length, 1, "one Close message");
-        assert.equal(closes[0].error, PROTOCOL_ERROR);
-        assert.equal(c.closeInfo.code, 1000, "a SignalR-level refusal is a normal WebSocket close");
-        await server.assertServes();
+        await assertProtocolErrorClose(c, 1000, "a SignalR-level refusal is a normal WebSocket close");
     });
 
     test("oversized message via the JS client: onclose error mentions 'Connection closed with an error.'", async () => {
@@ -217,10 +225,7 @@ describe("bad input after the handshake", () => {
         const c = await rawJson();
         const msg = invocation("1", "SubscribeToTask", ["z".repeat(40_000)]);
         for (let i = 0; i < msg.length; i += 8000) c.send(msg.slice(i, i + 8000));
-        const closes = await closeMessages(c);
-        assert.equal(closes.length, 1);
-        assert.equal(closes[0].error, PROTOCOL_ERROR);
-        await server.assertServes();
+        await assertProtocolErrorClose(c);
     });
 
     for (const [name, bad] of [
@@ -231,10 +236,7 @@ describe("bad input after the handshake", () => {
         test(`malformed JSON (${name}) closes with 'Connection closed with an error.'`, async () => {
             const c = await rawJson();
             c.send(bad);
-            const closes = await closeMessages(c);
-            assert.equal(closes.length, 1, "one Close message");
-            assert.equal(closes[0].error, PROTOCOL_ERROR);
-            await server.assertServes();
+            await assertProtocolErrorClose(c);
         });
     }
 
@@ -345,11 +347,7 @@ describe("WebSocket framing", () => {
     test("invalid UTF-8 in a text frame closes with 'Connection closed with an error.' and status 1007", async () => {
         const c = await rawJson();
         c.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d, 0x1e]), { binary: false });
-        const closes = await closeMessages(c);
-        assert.equal(closes.length, 1, "one Close message");
-        assert.equal(closes[0].error, PROTOCOL_ERROR);
-        assert.equal(c.closeInfo.code, 1007, "the WebSocket status says the payload was invalid");
-        await server.assertServes();
+        await assertProtocolErrorClose(c, 1007, "the WebSocket status says the payload was invalid");
     });
 
     test("a WebSocket message over the socket limit is refused by the framing with status 1009", async () => {
@@ -357,11 +355,7 @@ describe("WebSocket framing", () => {
         // 1 MiB, over the socket's limit (4 × the 32 KiB message limit); a message the session refuses
         // instead closes with 1000, so the status tells which layer refused it.
         c.ws.send(Buffer.alloc(1024 * 1024, 0x61), { binary: false });
-        const closes = await closeMessages(c);
-        assert.equal(closes.length, 1);
-        assert.equal(closes[0].error, PROTOCOL_ERROR);
-        assert.equal(c.closeInfo.code, 1009);
-        await server.assertServes();
+        await assertProtocolErrorClose(c, 1009, "the framing refused it from its header");
     });
 
     test("raw socket: the upgrade answers the RFC's accept key, and an unmasked client frame is refused", async () => {
