@@ -58,6 +58,16 @@ impl KeyId {
         valid.then(|| KeyId(id.into()))
     }
 
+    /// A key id as JSON carries it, in a token's `sub` or an event body: a string, or a non-negative
+    /// integer meaning the same id as its decimal string (`42` is `"42"`).
+    pub fn from_json(value: &serde_json::Value) -> Option<Self> {
+        match value {
+            serde_json::Value::String(id) => Self::parse(id),
+            serde_json::Value::Number(n) => Self::parse(&n.as_u64()?.to_string()),
+            _ => None,
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -79,18 +89,67 @@ pub enum AuthError {
     Expired,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims a token is read with. `aud` and `iss` are checked by jsonwebtoken (either may be a string or,
+/// as RFC 7519 allows for `aud`, an array), so they are not read here.
+#[derive(Debug, Deserialize)]
 struct Claims {
+    /// The virtual key id: a string or a non-negative integer ([`KeyId::from_json`]).
     sub: serde_json::Value,
     kind: String,
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: NumericDate,
+    /// `nbf` is checked against the clock by jsonwebtoken; both are read here only so that a malformed
+    /// one is refused.
+    #[serde(default, rename = "nbf")]
+    _nbf: Option<NumericDate>,
+    #[serde(default, rename = "iat")]
+    _iat: Option<NumericDate>,
+    #[serde(default)]
     max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+}
+
+/// The claims `mint_token` writes.
+#[derive(Debug, Serialize)]
+struct MintedClaims {
+    sub: String,
+    kind: &'static str,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
 }
+
+/// A NumericDate of RFC 7519: seconds since the epoch, as a non-negative JSON number. Integers up to
+/// 2^64 - 1 are taken as they are (`exp` = 2^64 - 1 is "never"); a fraction is rounded down. Negative
+/// numbers, numbers beyond 2^64 and anything that is not a number are refused, as jsonwebtoken refuses
+/// them in `exp` and `nbf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NumericDate(u64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let refused = |value: &dyn std::fmt::Display| {
+            serde::de::Error::custom(format!("{value} is not a NumericDate (non-negative seconds)"))
+        };
+        let number = serde_json::Number::deserialize(deserializer)?;
+        if let Some(seconds) = number.as_u64() {
+            return Ok(NumericDate(seconds));
+        }
+        match number.as_f64() {
+            // `u64::MAX as f64` is 2^64 itself: anything from there on does not fit.
+            Some(seconds) if seconds.is_finite() && seconds >= 0.0 && seconds < u64::MAX as f64 => {
+                Ok(NumericDate(seconds.floor() as u64))
+            }
+            _ => Err(refused(&number)),
+        }
+    }
+}
+
+/// Tolerated clock skew between the token's issuer and this server, for `exp` and `nbf` alike: none, so a
+/// credential whose `exp` has passed is refused, never accepted and closed in the same second (contract 9).
+pub const CLOCK_SKEW_SECS: u64 = 0;
 
 /// Checks credentials. Built once from configuration; cheap to share.
 pub struct Authenticator {
@@ -121,9 +180,11 @@ impl Authenticator {
         };
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
-        validation.leeway = 0;
+        validation.leeway = CLOCK_SKEW_SECS;
+        validation.validate_nbf = true;
         // A configured issuer or audience must also be present: jsonwebtoken only checks claims a token has.
-        let mut required = vec!["exp", "sub"];
+        // `sub` is required by `Claims` instead: jsonwebtoken would count a numeric `sub` as absent.
+        let mut required = vec!["exp"];
         match &config.issuer {
             Some(issuer) => {
                 validation.set_issuer(&[issuer]);
@@ -152,27 +213,34 @@ impl Authenticator {
             }
         }
         let claims = jsonwebtoken::decode::<Claims>(credential, &self.decoding_key, &self.validation)
-            .map_err(|error| match error.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(error.to_string()),
+            .map_err(|error| {
+                use jsonwebtoken::errors::ErrorKind;
+                match error.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf)".into()),
+                    ErrorKind::InvalidClaimFormat(claim) => {
+                        AuthError::Invalid(format!("{claim} is not a NumericDate (non-negative seconds)"))
+                    }
+                    _ => AuthError::Invalid(error.to_string()),
+                }
             })?
             .claims;
         match claims.kind.as_str() {
             "vkey" => {
-                let sub = match &claims.sub {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Number(n) => n.to_string(),
-                    _ => return Err(AuthError::Invalid("sub must be a string or a number".into())),
-                };
-                let id = KeyId::parse(&sub)
-                    .ok_or_else(|| AuthError::Invalid("sub is not a valid virtual key id".into()))?;
+                let id = KeyId::from_json(&claims.sub).ok_or_else(|| {
+                    AuthError::Invalid(
+                        "sub is not a virtual key id (1 to 64 characters of [A-Za-z0-9_-], or a non-negative \
+                         integer)"
+                            .into(),
+                    )
+                })?;
                 Ok(Principal::VirtualKey(VirtualKey {
                     id,
-                    expires_at: claims.exp,
+                    expires_at: claims.exp.0,
                     max_connections: claims.max_connections,
                 }))
             }
-            "admin" => Ok(Principal::Admin { expires_at: Some(claims.exp) }),
+            "admin" => Ok(Principal::Admin { expires_at: Some(claims.exp.0) }),
             other => Err(AuthError::Invalid(format!("unknown kind {other:?}"))),
         }
     }
@@ -226,10 +294,11 @@ pub fn mint_token(
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("minting tokens needs auth.jwt_secret (HUBCAST_AUTH__JWT_SECRET)"))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims {
-        sub: serde_json::Value::String(key_id.map_or("admin".to_owned(), |k| k.to_string())),
-        kind: if key_id.is_some() { "vkey" } else { "admin" }.into(),
-        exp: now + ttl.as_secs().max(1),
+    let claims = MintedClaims {
+        sub: key_id.map_or("admin".to_owned(), |k| k.to_string()),
+        kind: if key_id.is_some() { "vkey" } else { "admin" },
+        // A lifetime past the end of the clock (`--ttl 1000000000y`) means "never".
+        exp: now.saturating_add(ttl.as_secs().max(1)),
         max_connections,
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
@@ -329,11 +398,152 @@ mod tests {
         assert_eq!(request_credential(&query, &headers), Some("from-api-key-query"));
     }
 
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    /// A token with exactly these claims, signed with the test secret (HS256).
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"unit-test-secret"))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let auth = Authenticator::new(&config()).unwrap();
+        let exp = now() + 600;
+        let future = signed(serde_json::json!({"sub": "7", "kind": "vkey", "exp": exp, "nbf": now() + 3600}));
+        assert_eq!(auth.authenticate(&future), Err(AuthError::Invalid("token not valid yet (nbf)".into())));
+        let far_future = signed(serde_json::json!({"sub": "7", "kind": "vkey", "exp": exp, "nbf": u64::MAX}));
+        assert!(matches!(auth.authenticate(&far_future), Err(AuthError::Invalid(_))));
+        // Now, or before, is valid.
+        for nbf in [now() - 60, now()] {
+            let token = signed(serde_json::json!({"sub": "7", "kind": "vkey", "exp": exp, "nbf": nbf}));
+            assert!(auth.authenticate(&token).is_ok(), "nbf {nbf}");
+        }
+    }
+
+    #[test]
+    fn a_numeric_sub_is_the_same_key_as_its_string() {
+        let auth = Authenticator::new(&config()).unwrap();
+        let exp = now() + 600;
+        for sub in [serde_json::json!(42), serde_json::json!("42")] {
+            let token = signed(serde_json::json!({"sub": sub, "kind": "vkey", "exp": exp}));
+            match auth.authenticate(&token) {
+                Ok(Principal::VirtualKey(key)) => assert_eq!(key.id, KeyId::parse("42").unwrap()),
+                other => panic!("sub {sub}: {other:?}"),
+            }
+        }
+        let big = signed(serde_json::json!({"sub": u64::MAX, "kind": "vkey", "exp": exp}));
+        assert!(
+            matches!(auth.authenticate(&big), Ok(Principal::VirtualKey(key)) if key.id.as_str() == "18446744073709551615")
+        );
+        for sub in [
+            serde_json::json!(-42),
+            serde_json::json!(42.5),
+            serde_json::json!(4.2e1),
+            serde_json::json!(null),
+            serde_json::json!([42]),
+        ] {
+            let token = signed(serde_json::json!({"sub": sub, "kind": "vkey", "exp": exp}));
+            assert!(matches!(auth.authenticate(&token), Err(AuthError::Invalid(_))), "sub {sub}");
+        }
+        let no_sub = signed(serde_json::json!({"kind": "vkey", "exp": exp}));
+        assert!(matches!(auth.authenticate(&no_sub), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn aud_may_be_a_string_or_an_array_holding_the_audience() {
+        let with_audience = AuthConfig { audience: Some("conduit-realtime".into()), ..config() };
+        let auth = Authenticator::new(&with_audience).unwrap();
+        let exp = now() + 600;
+        let token = |aud: serde_json::Value| {
+            signed(serde_json::json!({"sub": "7", "kind": "vkey", "exp": exp, "aud": aud}))
+        };
+        assert!(auth.authenticate(&token(serde_json::json!("conduit-realtime"))).is_ok());
+        assert!(auth.authenticate(&token(serde_json::json!(["other", "conduit-realtime"]))).is_ok());
+        assert!(auth.authenticate(&token(serde_json::json!(["other"]))).is_err());
+        assert!(auth.authenticate(&token(serde_json::json!([]))).is_err());
+        assert!(auth.authenticate(&token(serde_json::json!("other"))).is_err());
+        let without = signed(serde_json::json!({"sub": "7", "kind": "vkey", "exp": exp}));
+        assert!(auth.authenticate(&without).is_err(), "a configured audience is required");
+        // Minted tokens carry it.
+        let minted =
+            mint_token(&with_audience, Some(&KeyId::parse("7").unwrap()), Duration::from_secs(60), None);
+        assert!(auth.authenticate(&minted.unwrap()).is_ok());
+    }
+
+    /// exp, nbf and iat are NumericDates: huge, negative, fractional or mistyped values never panic.
+    /// `exp` = 2^64 - 1 is the far future; what is not a NumericDate is refused.
+    #[test]
+    fn extreme_numeric_dates_are_refused_or_accepted_without_panicking() {
+        let auth = Authenticator::new(&config()).unwrap();
+        let with = |claim: &str, value: serde_json::Value| {
+            let mut claims = serde_json::json!({"sub": "7", "kind": "vkey", "exp": now() + 600});
+            claims[claim] = value;
+            auth.authenticate(&signed(claims))
+        };
+        match with("exp", serde_json::json!(u64::MAX)) {
+            Ok(Principal::VirtualKey(key)) => assert_eq!(key.expires_at, u64::MAX),
+            other => panic!("{other:?}"),
+        }
+        let admin = signed(serde_json::json!({"sub": "admin", "kind": "admin", "exp": u64::MAX}));
+        assert_eq!(auth.authenticate(&admin), Ok(Principal::Admin { expires_at: Some(u64::MAX) }));
+        let fractional = now() as f64 + 600.75;
+        match with("exp", serde_json::json!(fractional)) {
+            Ok(Principal::VirtualKey(key)) => assert_eq!(key.expires_at, fractional.floor() as u64),
+            other => panic!("{other:?}"),
+        }
+        for exp in [
+            serde_json::json!(-1),
+            serde_json::json!(i64::MIN),
+            serde_json::json!(1e20),
+            serde_json::json!(f64::MAX),
+            serde_json::json!(-0.5),
+            serde_json::json!("4102444800"),
+            serde_json::json!(null),
+            serde_json::json!(true),
+        ] {
+            assert!(matches!(with("exp", exp.clone()), Err(AuthError::Invalid(_))), "exp {exp}");
+        }
+        for claim in ["nbf", "iat"] {
+            for bad in [
+                serde_json::json!(-1),
+                serde_json::json!(1e20),
+                serde_json::json!("yesterday"),
+                serde_json::json!({}),
+            ] {
+                assert!(matches!(with(claim, bad.clone()), Err(AuthError::Invalid(_))), "{claim} {bad}");
+            }
+            assert!(with(claim, serde_json::json!(now() as f64 - 10.5)).is_ok(), "{claim} fractional");
+            assert!(with(claim, serde_json::json!(0)).is_ok(), "{claim} 0");
+        }
+        assert!(with("iat", serde_json::json!(u64::MAX)).is_ok(), "iat is not checked against the clock");
+        assert!(matches!(with("max_connections", serde_json::json!(u64::MAX)), Err(AuthError::Invalid(_))));
+        assert!(matches!(with("max_connections", serde_json::json!(-1)), Err(AuthError::Invalid(_))));
+    }
+
+    /// `hubcast token --ttl` takes any duration: one past the end of the clock means "never", not a panic.
+    #[test]
+    fn minting_with_an_endless_ttl_saturates() {
+        let auth = Authenticator::new(&config()).unwrap();
+        let key = KeyId::parse("7").unwrap();
+        let token = mint_token(&config(), Some(&key), Duration::MAX, None).unwrap();
+        match auth.authenticate(&token) {
+            Ok(Principal::VirtualKey(vk)) => assert_eq!(vk.expires_at, u64::MAX),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn key_ids_follow_the_contract_rule() {
         assert!(KeyId::parse("abc_DEF-123").is_some());
         assert!(KeyId::parse("").is_none());
         assert!(KeyId::parse(&"a".repeat(65)).is_none());
         assert!(KeyId::parse("a.b").is_none());
+        assert_eq!(KeyId::from_json(&serde_json::json!(42)), KeyId::parse("42"));
+        assert_eq!(KeyId::from_json(&serde_json::json!("abc")), KeyId::parse("abc"));
+        assert_eq!(KeyId::from_json(&serde_json::json!(-42)), None);
+        assert_eq!(KeyId::from_json(&serde_json::json!(42.0)), None);
     }
 }

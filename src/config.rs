@@ -1,6 +1,7 @@
 //! Configuration: built-in defaults < `hubcast.toml` (or `--config FILE`) < `HUBCAST_*` environment
 //! variables, with `__` between levels (`HUBCAST_AUTH__JWT_SECRET` sets `auth.jwt_secret`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -149,6 +150,60 @@ pub struct LimitsConfig {
     pub write_timeout: Duration,
     pub invocations_per_second: f64,
     pub invocation_burst: u32,
+    /// Groups one connection may be in at once; joining one more is refused (`Too many subscriptions`).
+    pub groups_per_connection: usize,
+    /// A client must send a request's headers within this, counted from the connect or from the end of
+    /// the previous response: so it is also how long a keep-alive connection may sit idle.
+    #[serde(with = "humantime_serde")]
+    pub request_header_timeout: Duration,
+    /// TCP connections an edge holds that have not yet carried an authenticated request; past it, new
+    /// ones are answered 503.
+    pub unauthenticated_connections: usize,
+    /// File descriptors kept free: past `RLIMIT_NOFILE` minus these, new connections are answered 503
+    /// (and `/healthz` still 200) instead of not being accepted at all.
+    pub reserved_file_descriptors: usize,
+    /// Overrides per hub (`limits.hubs.tasks.invocations_per_second`); hub names as in the contract,
+    /// with `_` accepted for `-` (environment variables cannot hold `-`).
+    pub hubs: BTreeMap<String, HubLimitsConfig>,
+}
+
+/// One hub's overrides of the global limits; what is left out is the global value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubLimitsConfig {
+    pub invocations_per_second: Option<f64>,
+    pub invocation_burst: Option<u32>,
+    pub connections_per_key: Option<u32>,
+}
+
+/// The limits that apply to one hub's connections, overrides resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HubLimits {
+    pub invocations_per_second: f64,
+    pub invocation_burst: u32,
+    pub connections_per_key: u32,
+}
+
+impl LimitsConfig {
+    /// The limits of `hub`: its overrides where it has any, the global values elsewhere.
+    pub fn for_hub(&self, hub: &str) -> HubLimits {
+        let overrides = self.hubs.iter().find(|(name, _)| name.replace('_', "-") == hub).map(|(_, o)| o);
+        let overrides = overrides.cloned().unwrap_or_default();
+        HubLimits {
+            invocations_per_second: overrides.invocations_per_second.unwrap_or(self.invocations_per_second),
+            invocation_burst: overrides.invocation_burst.unwrap_or(self.invocation_burst),
+            connections_per_key: overrides.connections_per_key.unwrap_or(self.connections_per_key),
+        }
+    }
+
+    /// The hub names under `limits.hubs` that are not among `known`, for a clear error at start.
+    pub fn unknown_hubs<'a>(&'a self, known: &[&str]) -> Vec<&'a str> {
+        self.hubs
+            .keys()
+            .filter(|name| !known.contains(&name.replace('_', "-").as_str()))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,6 +272,11 @@ impl Default for LimitsConfig {
             write_timeout: Duration::from_secs(10),
             invocations_per_second: 10.0,
             invocation_burst: 20,
+            groups_per_connection: 100,
+            request_header_timeout: Duration::from_secs(10),
+            unauthenticated_connections: 1000,
+            reserved_file_descriptors: 64,
+            hubs: BTreeMap::new(),
         }
     }
 }
@@ -318,6 +378,29 @@ mod tests {
             jail.set_env("HUBCAST_SIGNALR__CLIENT_TIMEOUT", "soon");
             let error = Config::load(None).unwrap_err().to_string().to_lowercase();
             assert!(error.contains("client_timeout"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn per_hub_limits_override_the_global_ones() {
+        Jail::expect_with(|jail| {
+            jail.set_env("HUBCAST_LIMITS__HUBS__TASKS__INVOCATIONS_PER_SECOND", "50");
+            jail.set_env("HUBCAST_LIMITS__HUBS__ADMIN_NOTIFICATIONS__CONNECTIONS_PER_KEY", "3");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let tasks = config.limits.for_hub("tasks");
+            assert_eq!(tasks.invocations_per_second, 50.0);
+            assert_eq!(tasks.invocation_burst, 20, "what a hub leaves out is the global value");
+            assert_eq!(config.limits.for_hub("admin-notifications").connections_per_key, 3);
+            assert_eq!(config.limits.for_hub("spend").connections_per_key, 100);
+            assert!(config.limits.unknown_hubs(&["tasks", "admin-notifications"]).is_empty());
+            assert_eq!(config.limits.unknown_hubs(&["tasks"]), vec!["admin_notifications"]);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("HUBCAST_LIMITS__HUBS__TASKS__BURST", "5");
+            let error = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(error.contains("burst"), "{error}");
             Ok(())
         });
     }

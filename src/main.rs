@@ -91,23 +91,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Publish { hub, routing_key, message_id, json } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let answer = if config.bus.amqp_url.is_some() {
-                runtime.block_on(publish_to_rabbitmq(
-                    &config,
-                    &hub,
-                    &routing_key,
-                    message_id.as_deref(),
-                    &json,
-                ))?
-            } else {
-                runtime.block_on(hubcast::publish::publish(
-                    &config,
-                    &hub,
-                    &routing_key,
-                    message_id.as_deref(),
-                    &json,
-                ))?
-            };
+            let answer = runtime.block_on(hubcast::publish::run(
+                &config,
+                &hub,
+                &routing_key,
+                message_id.as_deref(),
+                &json,
+            ))?;
             println!("{answer}");
             Ok(())
         }
@@ -123,24 +113,6 @@ fn require_amqp(config: &Config, role: &str) -> anyhow::Result<()> {
         bail!("`hubcast {role}` runs on RabbitMQ: set bus.amqp_url (HUBCAST_BUS__AMQP_URL), or use `hubcast serve`");
     }
     Ok(())
-}
-
-/// Validates, then publishes with publisher confirms; prints the message id.
-async fn publish_to_rabbitmq(
-    config: &Config,
-    hub: &str,
-    routing_key: &str,
-    message_id: Option<&str>,
-    json: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let payload: serde_json::Value =
-        serde_json::from_str(json).context("the event body is not valid JSON")?;
-    hubcast::events::validate(hub, routing_key, &payload)?;
-    let publisher = hubcast::bus::amqp::publisher::Publisher::connect(&config.bus).await?;
-    let body = serde_json::to_vec(&payload)?;
-    let traceparent = std::env::var("TRACEPARENT").ok();
-    let id = publisher.publish(hub, routing_key, message_id, &body, traceparent.as_deref()).await?;
-    Ok(serde_json::json!({ "messageId": id, "confirmed": true }))
 }
 
 /// `serve` with no credentials configured is a development server: it makes up a secret and a master

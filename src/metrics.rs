@@ -14,38 +14,42 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+// Every label value is a `&'static str`: it comes from a fixed list (hub names, event names, method
+// names, reasons) and never from input, so nothing a client or producer sends can grow the label set.
+// Names that are not on the list share the value `unknown` (see [`hub`], [`hub_event`]).
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HubLabels {
-    pub hub: String,
+    pub hub: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HubProtocolLabels {
-    pub hub: String,
-    pub protocol: String,
+    pub hub: &'static str,
+    pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HubReasonLabels {
-    pub hub: String,
-    pub reason: String,
+    pub hub: &'static str,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HubMethodLabels {
-    pub hub: String,
-    pub method: String,
+    pub hub: &'static str,
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HubEventLabels {
-    pub hub: String,
-    pub event: String,
+    pub hub: &'static str,
+    pub event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
-    pub role: String,
+    pub role: &'static str,
 }
 
 pub struct Metrics {
@@ -180,21 +184,77 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
+/// The label value of names outside the fixed lists.
+pub const UNKNOWN: &str = "unknown";
+
+/// A hub name as a label: one of the contract's hubs, else `unknown`.
+pub fn hub_label(hub: &str) -> &'static str {
+    crate::events::hub_name(hub).unwrap_or(UNKNOWN)
+}
+
+/// An event name as a label: one of the hub's events, else `unknown`.
+pub fn event_label(hub: &str, event: &str) -> &'static str {
+    crate::events::known_event(hub, event).unwrap_or(UNKNOWN)
+}
+
 pub fn hub(hub: &str) -> HubLabels {
-    HubLabels { hub: hub.to_owned() }
+    HubLabels { hub: hub_label(hub) }
 }
 
 pub fn hub_event(hub: &str, event: &str) -> HubEventLabels {
-    HubEventLabels { hub: hub.to_owned(), event: event.to_owned() }
+    HubEventLabels { hub: hub_label(hub), event: event_label(hub, event) }
 }
 
-pub fn hub_reason(hub: &str, reason: &str) -> HubReasonLabels {
-    HubReasonLabels { hub: hub.to_owned(), reason: reason.to_owned() }
+/// The labels of a delivery sent on: its hub and the event it carries (a published event, a derived
+/// `BudgetAlert`, an admin `VirtualKeyActivity` mirror).
+pub fn delivery(delivery: &crate::edge::Delivery) -> HubEventLabels {
+    let event = match delivery.message.message() {
+        Some(crate::protocol::HubMessage::Invocation(invocation)) => invocation.target.as_str(),
+        _ => "",
+    };
+    hub_event(delivery.hub, event)
+}
+
+/// A hub and a reason; the reason is one of the caller's fixed strings.
+pub fn hub_reason(hub: &str, reason: &'static str) -> HubReasonLabels {
+    HubReasonLabels { hub: hub_label(hub), reason }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Label values come from fixed lists: thousands of made-up hub and event names (as a producer or a
+    /// client can send them) share the label value `unknown` instead of each adding a series for good.
+    #[test]
+    fn made_up_names_share_the_unknown_label() {
+        let m = metrics();
+        for i in 0..5000 {
+            let (bogus_hub, bogus_event) = (format!("bogus-hub-{i}"), format!("BogusEvent{i}"));
+            m.events_consumed.get_or_create(&hub_event(&bogus_hub, &bogus_event)).inc();
+            m.events_consumed.get_or_create(&hub_event("tasks", &bogus_event)).inc();
+            m.events_forwarded.get_or_create(&hub_event(&bogus_hub, "TaskProgress")).inc();
+            m.events_dead_lettered.get_or_create(&hub(&bogus_hub)).inc();
+            m.disconnects.get_or_create(&hub_reason(&bogus_hub, "client_closed")).inc();
+        }
+        m.events_consumed.get_or_create(&hub_event("tasks", "TaskProgress")).inc();
+        m.events_forwarded.get_or_create(&hub_event("admin-notifications", "VirtualKeyActivity")).inc();
+        let text = m.encode();
+        assert!(!text.to_ascii_lowercase().contains("bogus"), "a made-up name became a label");
+        assert!(text.len() < 64 * 1024, "{} bytes of metrics after 5000 made-up names", text.len());
+        for series in [
+            "hubcast_events_consumed_total{hub=\"unknown\",event=\"unknown\"}",
+            "hubcast_events_consumed_total{hub=\"tasks\",event=\"unknown\"}",
+            "hubcast_events_consumed_total{hub=\"tasks\",event=\"TaskProgress\"}",
+            "hubcast_events_forwarded_total{hub=\"admin-notifications\",event=\"VirtualKeyActivity\"}",
+            "hubcast_events_dead_lettered_total{hub=\"unknown\"}",
+        ] {
+            assert!(text.contains(series), "{series} missing");
+        }
+        // An event of another hub is not an event of this one.
+        assert_eq!(hub_event("spend", "TaskProgress").event, UNKNOWN);
+        assert_eq!(hub_event("notifications", "PreferencesUpdated").event, "PreferencesUpdated");
+    }
 
     #[test]
     fn exposition_names_are_prefixed() {

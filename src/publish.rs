@@ -1,7 +1,9 @@
-//! `hubcast publish`: validate one event locally, then hand it to a running `serve` over HTTP.
+//! `hubcast publish`: validate one event locally, then hand it to RabbitMQ (with publisher confirms) or to a
+//! running `serve` over HTTP.
 //!
-//! Validating first gives the producer the reason at once, without a round trip; the server validates
-//! again, so nothing invalid gets through when someone skips this command.
+//! Validating first gives the producer the reason at once, without a round trip; the server (or the
+//! router) validates again, so nothing invalid gets through when someone skips this command. The checks
+//! are the same on every path: [`crate::events::validate_incoming`].
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
@@ -20,7 +22,40 @@ pub fn local_address(config: &Config) -> String {
     }
 }
 
-/// Validates and publishes; returns the server's JSON answer.
+/// `hubcast publish`: validates the event, then publishes it to RabbitMQ with publisher confirms when
+/// `bus.amqp_url` is set, else to a running `serve` over HTTP. Returns what to print.
+pub async fn run(
+    config: &Config,
+    hub: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    payload: &str,
+) -> anyhow::Result<Value> {
+    if config.bus.amqp_url.is_some() {
+        publish_to_rabbitmq(config, hub, routing_key, message_id, payload).await
+    } else {
+        publish(config, hub, routing_key, message_id, payload).await
+    }
+}
+
+/// Validates, then publishes with publisher confirms; answers with the message id.
+pub async fn publish_to_rabbitmq(
+    config: &Config,
+    hub: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    payload: &str,
+) -> anyhow::Result<Value> {
+    let payload: Value = serde_json::from_str(payload).context("the event body is not valid JSON")?;
+    crate::events::validate_incoming(hub, routing_key, message_id, &payload, config.bus.max_event_bytes)?;
+    let publisher = crate::bus::amqp::publisher::Publisher::connect(&config.bus).await?;
+    let body = serde_json::to_vec(&payload)?;
+    let traceparent = std::env::var("TRACEPARENT").ok();
+    let id = publisher.publish(hub, routing_key, message_id, &body, traceparent.as_deref()).await?;
+    Ok(json!({ "messageId": id, "confirmed": true }))
+}
+
+/// Validates and publishes to a running `serve` over HTTP; returns the server's JSON answer.
 pub async fn publish(
     config: &Config,
     hub: &str,
@@ -29,7 +64,7 @@ pub async fn publish(
     payload: &str,
 ) -> anyhow::Result<Value> {
     let payload: Value = serde_json::from_str(payload).context("the event body is not valid JSON")?;
-    crate::events::validate(hub, routing_key, &payload)?;
+    crate::events::validate_incoming(hub, routing_key, message_id, &payload, config.bus.max_event_bytes)?;
     let master_key = config
         .auth
         .master_key
@@ -42,11 +77,13 @@ pub async fn publish(
     let (status, answer) = post(&address, "/api/v1/publish", master_key, &body).await?;
     let answer: Value = serde_json::from_str(&answer).unwrap_or(Value::String(answer));
     if status != 202 {
-        let reason = answer
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| answer.to_string());
+        let reason = match &answer {
+            // A plain-text answer, such as the 413 of an oversized request.
+            Value::String(text) => text.clone(),
+            answer => {
+                answer.get("error").and_then(Value::as_str).map_or_else(|| answer.to_string(), str::to_owned)
+            }
+        };
         bail!("{address} refused the event ({status}): {reason}");
     }
     Ok(answer)
@@ -77,6 +114,33 @@ async fn post(address: &str, path: &str, api_key: &str, body: &str) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `hubcast publish` refuses an event over `bus.max_event_bytes` with the reason before it sends
+    /// anything: nothing listens at the configured address or broker, so getting that far would fail
+    /// otherwise.
+    #[tokio::test]
+    async fn the_cli_refuses_an_oversized_event_before_sending() {
+        let mut config = Config { listen: "127.0.0.1:1".into(), ..Config::default() };
+        config.auth.master_key = Some("master".into());
+        let body = json!({"taskId": "t1", "taskType": "video", "percentComplete": 5, "message": "x".repeat(1_100_000)});
+        let bytes = serde_json::to_vec(&body).unwrap().len();
+        // Pretty-printed: what counts is the event as it goes on the bus, in compact JSON.
+        let text = serde_json::to_string_pretty(&body).unwrap();
+        let expected =
+            format!("event body of {bytes} bytes is over the limit of bus.max_event_bytes (262144)");
+        let error = publish(&config, "tasks", "vkey.1.TaskProgress", None, &text).await.unwrap_err();
+        assert_eq!(error.to_string(), expected, "over HTTP to serve");
+        config.bus.amqp_url = Some("amqp://guest:guest@127.0.0.1:1/%2f".into());
+        let error = run(&config, "tasks", "vkey.1.TaskProgress", None, &text).await.unwrap_err();
+        assert_eq!(error.to_string(), expected, "to RabbitMQ");
+        assert_eq!(
+            error.downcast_ref::<crate::events::EventError>(),
+            Some(&crate::events::EventError::TooLarge { bytes, limit: 262_144 })
+        );
+        let error =
+            run(&config, "tasks", "vkey.1.TaskProgress", Some(&"m".repeat(256)), "{}").await.unwrap_err();
+        assert_eq!(error.to_string(), "message id of 256 bytes is over the limit of 255");
+    }
 
     #[test]
     fn wildcard_listen_addresses_are_reached_over_loopback() {

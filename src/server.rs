@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Principal};
 use crate::bus::amqp::{self, Readiness};
-use crate::bus::{AmqpPublishing, Bus, EmbeddedBus, PublishError};
+use crate::bus::{AmqpPublishing, Bus, EmbeddedBus};
 use crate::config::Config;
 use crate::edge::connection::CloseReason;
 use crate::edge::Edge;
+use crate::transport::listener::{ListenerLimits, RequestSocket};
 use crate::transport::negotiate::{random_id, ConnectionTable};
 use crate::transport::{self, TransportState};
 
@@ -52,7 +53,12 @@ pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
 
     let edge = if roles.edge {
         let auth = Authenticator::new(&config.auth).context("setting up authentication")?;
-        Some(Arc::new(Edge::new(config.clone(), auth, crate::hubs::all())))
+        let hubs = crate::hubs::all();
+        let names: Vec<&str> = hubs.iter().map(|hub| hub.name()).collect();
+        if let Some(unknown) = config.limits.unknown_hubs(&names).first() {
+            anyhow::bail!("limits.hubs.{unknown}: no such hub (the hubs are {})", names.join(", "));
+        }
+        Some(Arc::new(Edge::new(config.clone(), auth, hubs)))
     } else {
         None
     };
@@ -109,8 +115,12 @@ pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     // Tests and scripts wait for this line: it is printed once the socket accepts connections.
     println!("hubcast listening on http://{address}");
     let drain_window = config.signalr.drain_window;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drain(edge, draining, drain_window, shutdown.clone()))
+    let limits = ListenerLimits {
+        header_timeout: config.limits.request_header_timeout,
+        unauthenticated: config.limits.unauthenticated_connections,
+        reserved_file_descriptors: config.limits.reserved_file_descriptors,
+    };
+    transport::listener::serve(listener, app, limits, drain(edge, draining, drain_window, shutdown.clone()))
         .await?;
     shutdown.cancel();
     for task in tasks {
@@ -225,16 +235,27 @@ struct PublishRequest {
 }
 
 /// `POST /api/v1/publish`: master key only; validates and routes exactly as the router does.
-async fn publish(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn publish(
+    State(state): State<AppState>,
+    socket: RequestSocket,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     let (Some(edge), Some(bus)) = (&state.edge, &state.bus) else {
         return (StatusCode::NOT_FOUND, "this process runs no edge; publish to an edge or serve")
             .into_response();
     };
     match edge.auth.authenticate_request(&HashMap::new(), &headers) {
-        Ok(Principal::Admin { .. }) => {}
+        Ok(Principal::Admin { .. }) => socket.authenticated(),
         Ok(_) => return (StatusCode::FORBIDDEN, "publishing needs the master key").into_response(),
         Err(error) => return (StatusCode::UNAUTHORIZED, error.to_string()).into_response(),
     }
+    // Read only once authenticated, and never more than an event and its envelope.
+    let limit = crate::bus::publish_body_limit(&edge.config.bus);
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        let reason = format!("publish request over {limit} bytes (bus.max_event_bytes plus the envelope)");
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, reason);
+    };
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
@@ -249,12 +270,9 @@ async fn publish(State(state): State<AppState>, headers: HeaderMap, body: axum::
             (StatusCode::ACCEPTED, Json(json!({ "messageId": request.message_id, "delivered": delivered })))
                 .into_response()
         }
-        Err(PublishError::Invalid(error)) => {
+        Err(error) => {
             tracing::info!(hub = %request.hub, routing_key = %request.routing_key, %error, "publish refused");
-            error_response(StatusCode::BAD_REQUEST, error.to_string())
-        }
-        Err(error @ PublishError::Unavailable(_)) => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            error_response(error.status(), error.to_string())
         }
     }
 }

@@ -23,22 +23,47 @@ pub type ConnectionId = u64;
 pub enum Outbound {
     /// One encoded hub message, framing included; counted for stateful reconnect.
     Frame(Bytes),
-    /// Bytes that are not a counted hub message (the handshake response): not numbered, not replayed, and
-    /// not held against the queue's bound.
+    /// Bytes that are not a counted hub message (the handshake response): not numbered and not replayed.
     Control(Bytes),
     /// Write `last` (a Close message or a handshake refusal) if present, then close the transport.
     Close { last: Option<Bytes> },
-    /// A WebSocket Pong answering the client's Ping with its payload. Only the WebSocket reader queues
-    /// these; they count against the bound like frames, so a flood of Pings cannot grow the queue.
+    /// A WebSocket Pong answering the client's latest Ping with its payload. Only the WebSocket reader
+    /// queues these, and a queue holds one at most: a newer Ping's Pong replaces an older one still
+    /// waiting, as RFC 6455 allows, so a flood of Pings cannot grow the queue.
     Pong(Bytes),
+}
+
+impl Outbound {
+    /// What an item costs against the queue's bound: its bytes and its slot in the queue. Counting the
+    /// slot too means that even empty items (a Pong to an empty Ping) fill the bound.
+    fn cost(&self) -> usize {
+        let bytes = match self {
+            Outbound::Frame(bytes) | Outbound::Control(bytes) | Outbound::Pong(bytes) => bytes.len(),
+            Outbound::Close { last } => last.as_ref().map_or(0, Bytes::len),
+        };
+        bytes + std::mem::size_of::<Outbound>()
+    }
+}
+
+/// The items of a queue, under one lock.
+#[derive(Default)]
+struct Items {
+    queue: VecDeque<Outbound>,
+    /// The one Pong waiting, if any; sent before the queued items.
+    pong: Option<Bytes>,
 }
 
 /// A connection's outbound queue. An idle connection's queue is empty and allocates nothing: a tokio
 /// channel would preallocate a 32-slot block and its cache-padded state, 1.8 KiB per connection, more
 /// than the rest of an idle connection's own state.
+///
+/// Every item counts against the bound with [`Outbound::cost`] from the moment it is queued until the
+/// writer takes it, so the writers need no accounting of their own.
 #[derive(Default)]
 struct Queue {
-    items: Mutex<VecDeque<Outbound>>,
+    items: Mutex<Items>,
+    /// What the queued items cost, in bytes.
+    bytes: AtomicUsize,
     /// Wakes the writer; a wake-up sent while it is not waiting is kept for its next wait.
     ready: Notify,
     /// The connection (the sending side) is gone: the receiver ends once the queue is empty.
@@ -50,23 +75,57 @@ struct Queue {
 /// A queue grown by a burst is given back once it is empty again, above this many slots (40 bytes each).
 const RETAINED_SLOTS: usize = 8;
 
+/// Why an item was not queued.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// It would take the queue past its bound.
+    Full,
+    /// The writer is gone.
+    Gone,
+}
+
 impl Queue {
-    fn push(&self, item: Outbound) -> bool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Items> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an item if the queue stays within `limit` bytes with it.
+    fn push(&self, item: Outbound, limit: usize) -> Result<(), Refused> {
         if self.receiver_gone.load(Ordering::Acquire) {
-            return false;
+            return Err(Refused::Gone);
         }
-        self.items.lock().unwrap_or_else(|e| e.into_inner()).push_back(item);
+        let mut items = self.lock();
+        let added = item.cost();
+        let replaced = match (&item, &items.pong) {
+            (Outbound::Pong(_), Some(old)) => old.len() + std::mem::size_of::<Outbound>(),
+            _ => 0,
+        };
+        let queued = self.bytes.load(Ordering::Relaxed);
+        if queued.saturating_sub(replaced).saturating_add(added) > limit {
+            return Err(Refused::Full);
+        }
+        self.bytes.store(queued - replaced + added, Ordering::Relaxed);
+        match item {
+            Outbound::Pong(payload) => items.pong = Some(payload),
+            item => items.queue.push_back(item),
+        }
+        drop(items);
         self.ready.notify_one();
-        true
+        Ok(())
     }
 
     fn pop(&self) -> Option<Outbound> {
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        let item = items.pop_front();
-        if items.is_empty() && items.capacity() > RETAINED_SLOTS {
-            *items = VecDeque::new();
+        let mut items = self.lock();
+        let item = match items.pong.take() {
+            Some(payload) => Outbound::Pong(payload),
+            None => items.queue.pop_front()?,
+        };
+        if items.queue.is_empty() && items.queue.capacity() > RETAINED_SLOTS {
+            items.queue = VecDeque::new();
         }
-        item
+        // Under the lock, like the push, so the count never runs below what is queued.
+        self.bytes.fetch_sub(item.cost(), Ordering::Relaxed);
+        Some(item)
     }
 }
 
@@ -103,7 +162,9 @@ impl OutboundReceiver {
 impl Drop for OutboundReceiver {
     fn drop(&mut self) {
         self.queue.receiver_gone.store(true, Ordering::Release);
-        self.queue.items.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut items = self.queue.lock();
+        *items = Items::default();
+        self.queue.bytes.store(0, Ordering::Relaxed);
     }
 }
 
@@ -114,7 +175,7 @@ pub(crate) fn test_queue() -> (impl Fn(Outbound), OutboundReceiver) {
     let sender = Arc::clone(&queue);
     (
         move |item| {
-            sender.push(item);
+            let _ = sender.push(item, usize::MAX);
         },
         OutboundReceiver { queue },
     )
@@ -136,6 +197,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The connection's virtual key was deleted or disabled.
     Revoked,
+    /// A bug on the server's side ended the connection (a panic in its session).
+    InternalError,
     /// The handshake was refused; the response is already encoded.
     HandshakeFailed(Bytes),
 }
@@ -148,9 +211,10 @@ impl CloseReason {
         match self {
             CloseReason::ClientClosed => close(None, false),
             CloseReason::ServerShutdown => close(None, true),
-            CloseReason::ProtocolError | CloseReason::SocketError(_) | CloseReason::ClientTimeout => {
-                close(Some("Connection closed with an error."), true)
-            }
+            CloseReason::ProtocolError
+            | CloseReason::SocketError(_)
+            | CloseReason::ClientTimeout
+            | CloseReason::InternalError => close(Some("Connection closed with an error."), true),
             CloseReason::TokenExpired => close(Some("Token expired"), true),
             CloseReason::SlowConsumer => close(Some("Slow consumer"), true),
             CloseReason::Revoked => close(Some("Virtual key revoked"), false),
@@ -168,6 +232,7 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Revoked => "revoked",
+            CloseReason::InternalError => "internal_error",
             CloseReason::HandshakeFailed(_) => "handshake_failed",
         }
     }
@@ -197,7 +262,7 @@ pub struct Connection {
     pub scope: Scope,
     protocol: OnceLock<Protocol>,
     queue: Arc<Queue>,
-    queued_bytes: AtomicUsize,
+    /// The bound of the queue, in bytes ([`Outbound::cost`]).
     limit: usize,
     closing: AtomicBool,
     close_reason: OnceLock<CloseReason>,
@@ -247,7 +312,6 @@ impl Connection {
             scope,
             protocol: OnceLock::new(),
             queue,
-            queued_bytes: AtomicUsize::new(0),
             limit,
             closing: AtomicBool::new(false),
             close_reason: OnceLock::new(),
@@ -282,30 +346,31 @@ impl Connection {
     /// Queues encoded bytes. Returns false when the connection is closing or was just closed for letting
     /// its queue grow past the limit.
     pub fn send(&self, frame: Bytes) -> bool {
-        self.send_counted(frame.len(), Outbound::Frame(frame))
+        self.send_bounded(Outbound::Frame(frame))
     }
 
-    /// Queues the Pong answering a WebSocket Ping.
+    /// Queues the Pong answering a WebSocket Ping, in place of one still waiting.
     pub fn send_pong(&self, payload: Bytes) -> bool {
-        self.send_counted(payload.len(), Outbound::Pong(payload))
-    }
-
-    fn send_counted(&self, len: usize, item: Outbound) -> bool {
-        if self.closing.load(Ordering::Relaxed) {
-            return false;
-        }
-        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed).saturating_add(len);
-        if queued > self.limit {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.close(CloseReason::SlowConsumer);
-            return false;
-        }
-        self.queue.push(item)
+        self.send_bounded(Outbound::Pong(payload))
     }
 
     /// Queues bytes outside the counted message stream (the handshake response).
     pub fn send_control(&self, bytes: Bytes) -> bool {
-        !self.closing.load(Ordering::Relaxed) && self.queue.push(Outbound::Control(bytes))
+        self.send_bounded(Outbound::Control(bytes))
+    }
+
+    fn send_bounded(&self, item: Outbound) -> bool {
+        if self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.queue.push(item, self.limit) {
+            Ok(()) => true,
+            Err(Refused::Full) => {
+                self.close(CloseReason::SlowConsumer);
+                false
+            }
+            Err(Refused::Gone) => false,
+        }
     }
 
     /// Turns on stateful reconnect for this connection (handshake version 2 after negotiate offered it).
@@ -326,16 +391,9 @@ impl Connection {
         }
     }
 
-    /// The writer reports bytes it has written, freeing room in the bound.
-    pub fn written(&self, bytes: usize) {
-        // Saturating, so an accounting slip could only ever make the bound looser, never wrap it around.
-        let _ = self
-            .queued_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| Some(queued.saturating_sub(bytes)));
-    }
-
+    /// What the connection's queue holds, in bytes ([`Outbound::cost`]).
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
+        self.queue.bytes.load(Ordering::Relaxed)
     }
 
     /// Ends the connection: the first reason wins, later calls do nothing. The Close message goes behind
@@ -354,7 +412,8 @@ impl Connection {
             crate::metrics::metrics().slow_consumer_closes.inc();
         }
         let _ = self.close_reason.set(reason);
-        self.queue.push(Outbound::Close { last });
+        // The Close always goes in, whatever the bound: it is the last item, and it is what frees the rest.
+        let _ = self.queue.push(Outbound::Close { last }, usize::MAX);
         self.closed.notify_waiters();
     }
 
@@ -387,9 +446,14 @@ mod tests {
         Connection::new(1, "c1".into(), "tasks", Scope::Admin, limit)
     }
 
+    /// The cost of a frame of `len` bytes against the bound.
+    fn cost(len: usize) -> usize {
+        len + std::mem::size_of::<Outbound>()
+    }
+
     #[test]
     fn bounds_the_queue_in_bytes_and_closes_a_slow_consumer() {
-        let (connection, mut receiver) = connection(10);
+        let (connection, mut receiver) = connection(cost(6) + 10);
         connection.set_protocol(Protocol::Json);
         assert!(connection.send(Bytes::from_static(b"123456")));
         assert!(!connection.send(Bytes::from_static(b"123456")), "the second frame passes the bound");
@@ -402,6 +466,38 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!connection.send(Bytes::from_static(b"1")), "nothing is queued after the close");
+    }
+
+    #[test]
+    fn empty_items_count_against_the_bound_too() {
+        let (connection, _receiver) = connection(cost(0) * 3);
+        for _ in 0..3 {
+            assert!(connection.send_control(Bytes::new()));
+        }
+        assert!(!connection.send(Bytes::new()), "the slot of an empty frame is counted");
+        assert_eq!(connection.close_reason(), Some(&CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn a_ping_flood_queues_one_pong_that_answers_the_latest_ping() {
+        let (connection, mut receiver) = connection(cost(16) * 4);
+        for n in 0..100_000u32 {
+            assert!(connection.send_pong(Bytes::from(n.to_string())), "pongs replace each other");
+        }
+        assert!(connection.queued_bytes() <= cost(16), "one pong queued, not 100k");
+        assert!(connection.send(Bytes::from_static(b"event")));
+        assert!(matches!(receiver.try_recv(), Ok(Outbound::Pong(p)) if &p[..] == b"99999"));
+        assert!(matches!(receiver.try_recv(), Ok(Outbound::Frame(_))));
+        assert!(receiver.try_recv().is_err());
+        assert_eq!(connection.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_pong_over_the_bound_closes_the_connection() {
+        let (connection, _receiver) = connection(cost(10));
+        assert!(connection.send(Bytes::from_static(b"0123456789")));
+        assert!(!connection.send_pong(Bytes::new()));
+        assert_eq!(connection.close_reason(), Some(&CloseReason::SlowConsumer));
     }
 
     #[tokio::test]
@@ -420,12 +516,13 @@ mod tests {
     }
 
     #[test]
-    fn written_bytes_free_room() {
-        let (connection, _receiver) = connection(10);
+    fn taken_items_free_room() {
+        let (connection, mut receiver) = connection(cost(8));
         assert!(connection.send(Bytes::from_static(b"12345678")));
-        connection.written(8);
+        assert_eq!(connection.queued_bytes(), cost(8));
+        assert!(receiver.try_recv().is_ok());
+        assert_eq!(connection.queued_bytes(), 0);
         assert!(connection.send(Bytes::from_static(b"12345678")));
-        assert_eq!(connection.queued_bytes(), 8);
     }
 
     #[test]

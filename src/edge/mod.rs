@@ -44,8 +44,9 @@ pub struct Edge {
     next_connection_id: AtomicU64,
     /// Every open connection, so shutdown and revocation can reach them; not used for fan-out.
     live: Mutex<HashMap<ConnectionId, Arc<Connection>>>,
-    /// Open connections per virtual key, for `limits.connections_per_key`.
-    per_key: Mutex<HashMap<KeyId, u32>>,
+    /// Open connections per virtual key, for `limits.connections_per_key`: counted over every hub, or
+    /// per hub for a hub with its own `limits.hubs.<hub>.connections_per_key`.
+    per_key: Mutex<HashMap<Counted, u32>>,
     revoked: RwLock<HashSet<KeyId>>,
     pub provider_health: Arc<ProviderHealth>,
     pub webhook_stats: Arc<WebhookStats>,
@@ -77,19 +78,38 @@ impl Drop for InterestGuard {
     }
 }
 
+/// Whose connections one count covers: a key's on every hub (`hub: None`), or its connections on one hub
+/// that has a limit of its own.
+#[derive(Debug, Clone)]
+pub struct Quota {
+    pub key: KeyId,
+    pub hub: Option<&'static str>,
+    /// How many connections the count allows.
+    pub limit: u32,
+}
+
+/// What one count of connections is kept under: a key, and the hub for a hub with its own limit.
+type Counted = (KeyId, Option<&'static str>);
+
+impl Quota {
+    fn counted(&self) -> Counted {
+        (self.key.clone(), self.hub)
+    }
+}
+
 /// A reserved place among a key's connections; dropping it frees the place.
 pub struct KeySlot {
     edge: Arc<Edge>,
-    key: KeyId,
+    counted: Counted,
 }
 
 impl Drop for KeySlot {
     fn drop(&mut self) {
         let mut per_key = self.edge.per_key.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_key.get_mut(&self.key) {
-            *count -= 1;
+        if let Some(count) = per_key.get_mut(&self.counted) {
+            *count = count.saturating_sub(1);
             if *count == 0 {
-                per_key.remove(&self.key);
+                per_key.remove(&self.counted);
             }
         }
     }
@@ -167,19 +187,22 @@ impl Edge {
     }
 
     /// Whether the key may open another connection, given its limit.
-    pub fn has_room(&self, key: &KeyId, limit: u32) -> bool {
-        self.per_key.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0) < limit
+    pub fn has_room(&self, quota: &Quota) -> bool {
+        let per_key = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        per_key.get(&quota.counted()).copied().unwrap_or(0) < quota.limit
     }
 
     /// Takes one of the key's places, if it has one left.
-    pub fn reserve(self: &Arc<Self>, key: &KeyId, limit: u32) -> Option<KeySlot> {
+    pub fn reserve(self: &Arc<Self>, quota: Quota) -> Option<KeySlot> {
         let mut per_key = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_key.entry(key.clone()).or_insert(0);
-        if *count >= limit {
+        let counted = quota.counted();
+        let count = per_key.entry(counted.clone()).or_insert(0);
+        if *count >= quota.limit {
             return None;
         }
         *count += 1;
-        Some(KeySlot { edge: Arc::clone(self), key: key.clone() })
+        drop(per_key);
+        Some(KeySlot { edge: Arc::clone(self), counted })
     }
 
     pub fn is_revoked(&self, key: &KeyId) -> bool {
@@ -258,8 +281,7 @@ impl Edge {
         let (mut total, mut max) = (0usize, 0usize);
         for connection in self.live_connections().values() {
             let protocol = connection.protocol().map_or("none", |p| p.name());
-            let labels =
-                crate::metrics::HubProtocolLabels { hub: connection.hub.into(), protocol: protocol.into() };
+            let labels = crate::metrics::HubProtocolLabels { hub: connection.hub, protocol };
             metrics.connections.get_or_create(&labels).inc();
             let queued = connection.queued_bytes();
             total += queued;

@@ -5,11 +5,12 @@
 //! Invocations run one at a time, in order, as in ASP.NET Core.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::connection::{CloseReason, Connection, Resumption};
@@ -62,7 +63,13 @@ impl Session {
     {
         let mut caller =
             Caller::new(self.principal.clone(), Arc::clone(&self.connection), Arc::clone(&self.edge));
-        let reason = self.serve(&mut caller, inbound).await;
+        // A panic while serving (a bug, since input never should cause one) ends this connection alone,
+        // and the cleanup below still releases its groups and interest, as for any other end.
+        let served = AssertUnwindSafe(self.serve(&mut caller, inbound)).catch_unwind().await;
+        let reason = served.unwrap_or_else(|_| {
+            tracing::error!(hub = self.hub.name(), connection = %self.connection.public_id, "the session panicked; closing the connection");
+            CloseReason::InternalError
+        });
         self.connection.close(reason);
         caller.leave_all();
         let reason = self.connection.close_reason().cloned().unwrap_or(CloseReason::ClientClosed);
@@ -124,7 +131,10 @@ impl Session {
             inbound_state.resumption = Some(self.connection.enable_resumption());
         }
         self.connection.send_control(handshake::response(None));
-        self.hub.on_connected(caller);
+        if let Err(error) = self.hub.on_connected(caller) {
+            tracing::error!(hub = self.hub.name(), connection = %self.connection.public_id, %error, "the hub refused a new connection");
+            return CloseReason::InternalError;
+        }
         tracing::info!(
             target: "audit",
             hub = self.hub.name(),
@@ -137,13 +147,13 @@ impl Session {
         crate::metrics::metrics()
             .connects
             .get_or_create(&crate::metrics::HubProtocolLabels {
-                hub: self.hub.name().into(),
-                protocol: protocol.name().into(),
+                hub: self.hub.name(),
+                protocol: protocol.name(),
             })
             .inc();
 
-        let mut rate_limit =
-            TokenBucket::new(config.limits.invocations_per_second, config.limits.invocation_burst);
+        let limits = config.limits.for_hub(self.hub.name());
+        let mut rate_limit = TokenBucket::new(limits.invocations_per_second, limits.invocation_burst);
         let expires_at = token_expiry(&self.principal);
         let client_timeout = (!self.inherent_keep_alive).then_some(config.signalr.client_timeout);
         let due =
@@ -244,7 +254,9 @@ impl Session {
         streaming: bool,
     ) {
         let target = invocation.target;
+        // The limiter comes first: calls of methods that do not exist cost the server work too.
         let outcome = match self.hub.resolve(&target) {
+            _ if !rate_limit.try_take() => Err(HubError::refused(RATE_LIMITED)),
             None => Err(HubError::MethodNotFound),
             Some(_) if streaming => {
                 self.complete(
@@ -259,9 +271,6 @@ impl Session {
                 "Client sent {} stream(s), Hub method expects 0.",
                 invocation.stream_ids.len()
             ))),
-            Some(_) if !rate_limit.try_take() => {
-                Err(HubError::refused("Rate limit exceeded. Please try again later."))
-            }
             Some(method) => self.hub.invoke(caller, method, Arguments(invocation.arguments)).await,
         };
         let metrics = crate::metrics::metrics();
@@ -269,16 +278,13 @@ impl Session {
         let method = self.hub.resolve(&target).unwrap_or("unknown");
         metrics
             .invocations
-            .get_or_create(&crate::metrics::HubMethodLabels {
-                hub: self.hub.name().into(),
-                method: method.into(),
-            })
+            .get_or_create(&crate::metrics::HubMethodLabels { hub: self.hub.name(), method })
             .inc();
         if let Err(error) = &outcome {
             let reason = match error {
                 HubError::MethodNotFound => "method_not_found",
                 HubError::Binding(_) => "binding",
-                HubError::Refused(message) if message.starts_with("Rate limit") => "rate_limited",
+                HubError::Refused(message) if message == RATE_LIMITED => "rate_limited",
                 HubError::Refused(_) => "refused",
                 HubError::Internal(_) => "internal",
             };
@@ -319,6 +325,9 @@ impl Session {
         }
     }
 }
+
+/// The refusal of an invocation over the connection's rate limit.
+const RATE_LIMITED: &str = "Rate limit exceeded. Please try again later.";
 
 /// Messages that stateful reconnect numbers and replays (HubProtocol.md: types 1 to 5).
 fn is_counted(message: &HubMessage) -> bool {
@@ -379,11 +388,12 @@ pub fn error_text(target: &str, error: &HubError) -> String {
     }
 }
 
-/// When the credential expires; never for credentials without expiry (the master key).
+/// When the credential expires; never for credentials without expiry (the master key), nor for those
+/// whose expiry is further away than the clock can count (`exp` = 2^64 - 1).
 fn token_expiry(principal: &Principal) -> Option<Instant> {
     let expires_at = principal.expires_at()?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    Some(Instant::now() + Duration::from_secs(expires_at.saturating_sub(now)))
+    Instant::now().checked_add(Duration::from_secs(expires_at.saturating_sub(now)))
 }
 
 /// Per-connection invocation limit: `rate` tokens a second, at most `burst` saved up.
@@ -459,6 +469,22 @@ mod tests {
         );
         assert_eq!(inbound.admit(&HubMessage::Ack { sequence_id: 7 }), Ok(false));
         assert_eq!(resumption.acked.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn an_expiry_beyond_the_clock_means_none() {
+        use crate::auth::{KeyId, VirtualKey};
+        let key = |expires_at| {
+            Principal::VirtualKey(VirtualKey {
+                id: KeyId::parse("7").unwrap(),
+                max_connections: None,
+                expires_at,
+            })
+        };
+        assert_eq!(token_expiry(&key(u64::MAX)), None);
+        assert_eq!(token_expiry(&Principal::Admin { expires_at: None }), None);
+        let soon = token_expiry(&key(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 60));
+        assert!(soon.is_some_and(|at| at > Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]

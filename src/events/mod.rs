@@ -72,6 +72,60 @@ pub enum EventError {
     UnknownEvent { hub: &'static str, event: String },
     #[error("invalid {event} body: {reason}")]
     InvalidBody { event: String, reason: String },
+    /// The body is over `bus.max_event_bytes`; the publish API answers 413.
+    #[error("event body of {bytes} bytes is over the limit of bus.max_event_bytes ({limit})")]
+    TooLarge { bytes: usize, limit: usize },
+    /// The message id cannot travel as an AMQP `message_id` (a short string).
+    #[error("message id of {0} bytes is over the limit of {MAX_MESSAGE_ID_BYTES}")]
+    MessageIdTooLong(usize),
+}
+
+/// The longest message id: AMQP carries it as a short string, at most 255 bytes.
+pub const MAX_MESSAGE_ID_BYTES: usize = 255;
+
+/// What every ingress (the publish API, `hubcast publish` and the router's AMQP consumer) checks before
+/// reading the event: the body's size against `bus.max_event_bytes`, and the message id. One function, so
+/// the three cannot drift apart. `body_bytes` is the body as it travels on the bus: the message body on
+/// AMQP, the compact JSON of the payload ([`encoded_len`]) elsewhere.
+pub fn check_envelope(body_bytes: usize, message_id: Option<&str>, limit: usize) -> Result<(), EventError> {
+    if body_bytes > limit {
+        return Err(EventError::TooLarge { bytes: body_bytes, limit });
+    }
+    match message_id {
+        Some(id) if id.len() > MAX_MESSAGE_ID_BYTES => Err(EventError::MessageIdTooLong(id.len())),
+        _ => Ok(()),
+    }
+}
+
+/// The size of a body as compact JSON, as it goes on the bus; counted without building the text.
+pub fn encoded_len(body: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, body);
+    count.0
+}
+
+/// Validates one event as it enters the system, wherever it comes from: [`check_envelope`] on its compact
+/// JSON size, then [`validate`].
+pub fn validate_incoming(
+    hub: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    body: &Value,
+    max_event_bytes: usize,
+) -> Result<(&'static str, Audience, Parsed), EventError> {
+    check_envelope(encoded_len(body), message_id, max_event_bytes)?;
+    validate(hub, routing_key, body)
 }
 
 /// Splits a routing key into its audience and event name.
@@ -176,6 +230,24 @@ pub static EVENTS: LazyLock<Vec<EventKind>> = LazyLock::new(|| {
     events
 });
 
+/// Events the server sends on its own, besides those producers publish: metric labels may name them.
+pub const SERVER_EVENTS: [(&str, &str); 4] = [
+    ("notifications", "PreferencesUpdated"),
+    ("admin-notifications", "InitialProviderHealth"),
+    ("admin-notifications", "VirtualKeyActivity"),
+    ("admin-notifications", "Error"),
+];
+
+/// The event's name as a `'static` string, if the hub has such an event (published or sent by the
+/// server). Unknown names yield `None`, so nothing a producer writes can become a metric label.
+pub fn known_event(hub: &str, event: &str) -> Option<&'static str> {
+    EVENTS
+        .iter()
+        .find(|kind| kind.hub == hub && kind.name == event)
+        .map(|kind| kind.name)
+        .or_else(|| SERVER_EVENTS.into_iter().find(|(h, e)| *h == hub && *e == event).map(|(_, e)| e))
+}
+
 /// Looks up an event of a hub.
 pub fn find(hub: &'static str, event: &str) -> Result<&'static EventKind, EventError> {
     EVENTS
@@ -233,6 +305,7 @@ pub fn invalid(event: &str, reason: impl Into<String>) -> EventError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::path::Path;
 
     #[test]
@@ -253,6 +326,45 @@ mod tests {
         ] {
             assert!(parse_routing_key(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_envelope_check_is_the_size_limit_and_the_message_id_length() {
+        assert_eq!(
+            check_envelope(1_153_433, None, 262_144).unwrap_err().to_string(),
+            "event body of 1153433 bytes is over the limit of bus.max_event_bytes (262144)"
+        );
+        assert_eq!(check_envelope(262_144, None, 262_144), Ok(()));
+        assert_eq!(check_envelope(usize::MAX, None, usize::MAX), Ok(()));
+        assert_eq!(check_envelope(10, Some(&"m".repeat(255)), 262_144), Ok(()));
+        assert_eq!(
+            check_envelope(10, Some(&"m".repeat(256)), 262_144),
+            Err(EventError::MessageIdTooLong(256))
+        );
+
+        let body = json!({"taskId": "t", "taskType": "v", "percentComplete": 1, "message": "é\"\n"});
+        assert_eq!(encoded_len(&body), serde_json::to_vec(&body).unwrap().len());
+        let limit = encoded_len(&body);
+        assert!(validate_incoming("tasks", "vkey.1.TaskProgress", None, &body, limit).is_ok());
+        assert_eq!(
+            validate_incoming("tasks", "vkey.1.TaskProgress", None, &body, limit - 1).unwrap_err(),
+            EventError::TooLarge { bytes: limit, limit: limit - 1 }
+        );
+        // The size is checked first: an oversized body is not parsed.
+        assert!(matches!(
+            validate_incoming("nohub", "nonsense", None, &body, 1),
+            Err(EventError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn known_events_are_the_hubs_own() {
+        assert_eq!(known_event("tasks", "TaskProgress"), Some("TaskProgress"));
+        assert_eq!(known_event("spend", "BudgetAlert"), Some("BudgetAlert"));
+        assert_eq!(known_event("admin-notifications", "VirtualKeyActivity"), Some("VirtualKeyActivity"));
+        assert_eq!(known_event("tasks", "VirtualKeyActivity"), None);
+        assert_eq!(known_event("tasks", "SpendUpdate"), None);
+        assert_eq!(known_event("nohub", "TaskProgress"), None);
     }
 
     #[test]

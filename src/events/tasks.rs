@@ -8,8 +8,20 @@ use serde_json::Value;
 use super::types::{Id, Percent};
 use super::{Args, Event, EventKind};
 
+/// The group of one task, `task-{taskId}` as the seed names it.
+pub fn task_group(task_id: &str) -> String {
+    format!("task-{task_id}")
+}
+
+/// The group of every task of a type. The seed names it `task-type-{taskType}`, a name that the task
+/// `type-{taskType}` would have too; inside the server it is `task-type/{taskType}`, which no task id can
+/// spell (ids have no `/`), so subscribing to a task never reaches a task type's events.
+pub fn task_type_group(task_type: &str) -> String {
+    format!("task-type/{task_type}")
+}
+
 fn task_groups(task_id: &Id, task_type: &Id) -> Option<Vec<String>> {
-    Some(vec![format!("task-{task_id}"), format!("task-type-{task_type}")])
+    Some(vec![task_group(&task_id.0), task_type_group(&task_type.0)])
 }
 
 /// A task began.
@@ -109,7 +121,7 @@ mod tests {
         let event =
             progress.parse(&json!({"taskId": "abc", "taskType": "video", "percentComplete": 50})).unwrap();
         assert_eq!(event.arguments, vec![json!("abc"), json!(50), Value::Null]);
-        assert_eq!(event.groups.unwrap(), vec!["task-abc", "task-type-video"]);
+        assert_eq!(event.groups.unwrap(), vec!["task-abc", "task-type/video"]);
         let started = find("tasks", "TaskStarted").unwrap();
         let event = started
             .parse(&json!({"taskId": "t", "taskType": "x", "metadata": {"a": 1}, "extra": true}))

@@ -52,13 +52,9 @@ impl std::fmt::Display for Id {
 pub struct KeyRef(pub KeyId);
 
 impl KeyRef {
+    /// A string id, or a non-negative integer (as the schema says): the same rule as a token's `sub`.
     pub fn from_value(value: &serde_json::Value) -> Option<Self> {
-        let text = match value {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
-            _ => return None,
-        };
-        KeyId::parse(&text).map(KeyRef)
+        KeyId::from_json(value).map(KeyRef)
     }
 }
 
@@ -179,6 +175,12 @@ mod tests {
         assert_eq!(serde_json::from_value::<KeyRef>(json!("42")).unwrap().0.as_str(), "42");
         assert!(serde_json::from_value::<KeyRef>(json!("4/2")).is_err());
         assert!(serde_json::from_value::<KeyRef>(json!(4.2)).is_err());
+        // The schema's `minimum: 0`, as for a token's numeric `sub`.
+        assert!(serde_json::from_value::<KeyRef>(json!(-42)).is_err());
+        assert_eq!(
+            serde_json::from_value::<KeyRef>(json!(u64::MAX)).unwrap().0.as_str(),
+            "18446744073709551615"
+        );
         assert!(Severity::Info < Severity::Critical);
     }
 }

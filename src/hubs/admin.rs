@@ -28,10 +28,11 @@ impl Hub for AdminHub {
         ]
     }
 
-    fn on_connected(&self, caller: &mut Caller) {
-        caller.join("admin");
+    fn on_connected(&self, caller: &mut Caller) -> Result<(), HubError> {
+        caller.join("admin")?;
         let health = caller.edge().provider_health.list();
         caller.send("InitialProviderHealth", vec![health]);
+        Ok(())
     }
 
     fn invoke<'a>(
@@ -63,7 +64,7 @@ impl Hub for AdminHub {
                 _ => return Err(HubError::MethodNotFound),
             };
             match result {
-                Ok(group) if method.starts_with("Subscribe") => caller.join(&group),
+                Ok(group) if method.starts_with("Subscribe") => caller.join(&group)?,
                 Ok(group) => caller.leave(&group),
                 // Admin clients listen for `Error` as well as the failed completion.
                 Err(refusal) => {

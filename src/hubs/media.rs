@@ -50,7 +50,7 @@ impl Hub for SingleIdHub {
         Box::pin(async move {
             let group = format!("{}-{}", self.group_prefix, bind_id(args, self.refusal)?);
             match method {
-                m if m == self.methods[0] => caller.join(&group),
+                m if m == self.methods[0] => caller.join(&group)?,
                 m if m == self.methods[1] => caller.leave(&group),
                 _ => return Err(HubError::MethodNotFound),
             }

@@ -24,6 +24,16 @@ use crate::edge::Edge;
 use crate::events::types::Severity;
 use crate::protocol::{HubMessage, Value};
 
+/// What the groups of a connection may cost on average, in bytes ([`group_cost`]): with the count limit,
+/// this bounds the memory a connection's groups hold, however long their names.
+const GROUP_BYTES_PER_GROUP: usize = 512;
+
+/// What one joined group costs in memory: its name twice (the caller's list and the group registry)
+/// and the entries around them.
+fn group_cost(key: &GroupKey) -> usize {
+    2 * key.name.len() + 192
+}
+
 /// Who may connect to a hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
@@ -131,8 +141,24 @@ impl Caller {
         GroupKey { hub: self.connection.hub, scope, name: name.into() }
     }
 
-    fn join_key(&mut self, key: GroupKey) {
-        if !self.joined.contains(&key) {
+    /// Joins every group of `keys` not joined yet, or none of them when that would take the connection
+    /// past `limits.groups_per_connection` or its bytes of group names.
+    fn join_keys(&mut self, keys: Vec<GroupKey>) -> Result<(), HubError> {
+        let mut new: Vec<GroupKey> = Vec::new();
+        for key in keys {
+            if !self.joined.contains(&key) && !new.contains(&key) {
+                new.push(key);
+            }
+        }
+        let limit = self.edge.config.limits.groups_per_connection;
+        let cost = |keys: &[GroupKey]| keys.iter().map(group_cost).sum::<usize>();
+        if self.joined.len() + new.len() > limit
+            || cost(&self.joined) + cost(&new) > limit.saturating_mul(GROUP_BYTES_PER_GROUP)
+        {
+            tracing::info!(target: "audit", hub = self.connection.hub, connection = %self.connection.public_id, joined = self.joined.len(), "refused: too many subscriptions");
+            return Err(HubError::refused("Too many subscriptions"));
+        }
+        for key in new {
             self.groups().join(key.clone(), &self.connection);
             tracing::info!(target: "audit", hub = key.hub, connection = %self.connection.public_id, group = %key.name, "subscribed");
             // Grown one slot at a time while short, so that one group costs one slot, not four.
@@ -141,20 +167,28 @@ impl Caller {
             }
             self.joined.push(key);
         }
+        Ok(())
     }
 
     fn groups(&self) -> &Groups {
         &self.edge.groups
     }
 
-    /// Joins a group of this connection's own scope. Joining twice is harmless.
-    pub fn join(&mut self, name: &str) {
-        self.join_key(self.group_key(self.connection.scope.clone(), name));
+    /// Joins a group of this connection's own scope. Joining twice is harmless; a group past the
+    /// connection's limits is refused with `Too many subscriptions`.
+    pub fn join(&mut self, name: &str) -> Result<(), HubError> {
+        self.join_keys(vec![self.group_key(self.connection.scope.clone(), name)])
+    }
+
+    /// Joins several groups of this connection's own scope, all or none.
+    pub fn join_all(&mut self, names: &[String]) -> Result<(), HubError> {
+        let keys = names.iter().map(|name| self.group_key(self.connection.scope.clone(), name)).collect();
+        self.join_keys(keys)
     }
 
     /// Joins a hub-wide group that carries events for every connection of the hub (`all`).
-    pub fn join_everyone(&mut self, name: &str) {
-        self.join_key(self.group_key(Scope::Everyone, name));
+    pub fn join_everyone(&mut self, name: &str) -> Result<(), HubError> {
+        self.join_keys(vec![self.group_key(Scope::Everyone, name)])
     }
 
     /// Leaves a group; leaving one never joined is harmless, as in ASP.NET Core.
@@ -207,7 +241,7 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Runs once the handshake is done. By default every tenant connection joins `vkey-{id}` and every
     /// admin connection joins `admin`.
-    fn on_connected(&self, caller: &mut Caller) {
+    fn on_connected(&self, caller: &mut Caller) -> Result<(), HubError> {
         match caller.key_id().map(|key| format!("vkey-{key}")) {
             Some(group) => caller.join(&group),
             None => caller.join("admin"),
@@ -279,16 +313,54 @@ mod tests {
         assert!(matches!(Arguments(vec![json!(1)]).bind::<(String,)>(), Err(HubError::Binding(_))));
     }
 
-    #[test]
-    fn per_connection_state_persists_between_calls() {
+    fn admin_caller(groups_per_connection: usize) -> Caller {
         let (connection, _queue) = Connection::new(1, "c".into(), "tasks", Scope::Admin, 1024);
-        let config = crate::config::Config {
+        let mut config = crate::config::Config {
             auth: crate::config::AuthConfig { jwt_secret: Some("s".into()), ..Default::default() },
             ..Default::default()
         };
+        config.limits.groups_per_connection = groups_per_connection;
         let auth = crate::auth::Authenticator::new(&config.auth).unwrap();
         let edge = Arc::new(Edge::new(config, auth, all()));
-        let mut caller = Caller::new(Principal::Admin { expires_at: None }, Arc::new(connection), edge);
+        Caller::new(Principal::Admin { expires_at: None }, Arc::new(connection), edge)
+    }
+
+    fn too_many(result: Result<(), HubError>) -> bool {
+        matches!(result, Err(HubError::Refused(message)) if message == "Too many subscriptions")
+    }
+
+    #[test]
+    fn groups_per_connection_are_capped_in_count_and_bytes() {
+        let mut caller = admin_caller(100);
+        for n in 0..100 {
+            caller.join(&format!("task-{n}")).unwrap();
+        }
+        assert!(too_many(caller.join("task-100")));
+        caller.join("task-7").expect("a group already joined costs nothing");
+        caller.leave("task-7");
+        caller.join("task-100").expect("leaving frees room");
+        assert_eq!(caller.edge().groups.group_count(), 100);
+
+        let mut caller = admin_caller(100);
+        let first: Vec<String> = (0..60).map(|n| format!("a-{n}")).collect();
+        let second: Vec<String> = (30..90).map(|n| format!("a-{n}")).collect();
+        let third: Vec<String> = (90..120).map(|n| format!("a-{n}")).collect();
+        caller.join_all(&first).unwrap();
+        caller.join_all(&second).expect("30 of them were joined already: 90 in all");
+        assert!(too_many(caller.join_all(&third)), "all or none");
+        assert_eq!(caller.joined.len(), 90);
+
+        let mut caller = admin_caller(100);
+        let long: Vec<String> = (0..50).map(|n| format!("webhook-{n}-{}", "x".repeat(2000))).collect();
+        assert!(
+            too_many(caller.join_all(&long)),
+            "50 names of 2 KB are past the bytes a connection may hold"
+        );
+    }
+
+    #[test]
+    fn per_connection_state_persists_between_calls() {
+        let mut caller = admin_caller(100);
         caller.state::<Vec<String>>().push("first".into());
         caller.state::<Vec<String>>().push("second".into());
         assert_eq!(caller.state::<Vec<String>>().len(), 2);

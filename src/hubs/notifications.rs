@@ -29,11 +29,11 @@ impl Hub for NotificationsHub {
     }
 
     /// Besides its key's group, every connection hears `all.` notifications.
-    fn on_connected(&self, caller: &mut Caller) {
+    fn on_connected(&self, caller: &mut Caller) -> Result<(), HubError> {
         if let Some(key) = caller.key_id().map(|key| format!("vkey-{key}")) {
-            caller.join(&key);
+            caller.join(&key)?;
         }
-        caller.join_everyone("all");
+        caller.join_everyone("all")
     }
 
     fn invoke<'a>(

@@ -3,6 +3,7 @@
 use futures_util::future::BoxFuture;
 
 use super::{bind_id, Arguments, Audience, Caller, Hub, HubError, HubResult};
+use crate::events::tasks::{task_group, task_type_group};
 
 pub struct TasksHub;
 
@@ -27,13 +28,13 @@ impl Hub for TasksHub {
     ) -> BoxFuture<'a, HubResult> {
         Box::pin(async move {
             match method {
-                "SubscribeToTask" => caller.join(&format!("task-{}", bind_id(args, "Invalid task ID")?)),
-                "UnsubscribeFromTask" => caller.leave(&format!("task-{}", bind_id(args, "Invalid task ID")?)),
+                "SubscribeToTask" => caller.join(&task_group(&bind_id(args, "Invalid task ID")?))?,
+                "UnsubscribeFromTask" => caller.leave(&task_group(&bind_id(args, "Invalid task ID")?)),
                 "SubscribeToTaskType" => {
-                    caller.join(&format!("task-type-{}", bind_id(args, "Invalid task type")?))
+                    caller.join(&task_type_group(&bind_id(args, "Invalid task type")?))?
                 }
                 "UnsubscribeFromTaskType" => {
-                    caller.leave(&format!("task-type-{}", bind_id(args, "Invalid task type")?))
+                    caller.leave(&task_type_group(&bind_id(args, "Invalid task type")?))
                 }
                 _ => return Err(HubError::MethodNotFound),
             }

@@ -45,12 +45,10 @@ impl Hub for WebhooksHub {
                         .map(|url| validate_url(url).map(group))
                         .collect::<Option<Vec<_>>>()
                         .ok_or_else(|| HubError::refused("Invalid webhook URL"))?;
-                    for name in &groups {
-                        if method == "SubscribeToWebhooks" {
-                            caller.join(name);
-                        } else {
-                            caller.leave(name);
-                        }
+                    if method == "SubscribeToWebhooks" {
+                        caller.join_all(&groups)?;
+                    } else {
+                        groups.iter().for_each(|name| caller.leave(name));
                     }
                     Ok(None)
                 }

@@ -47,6 +47,12 @@ pub fn parse_request(
     let Some(end) = buffer.iter().position(|&b| b == RECORD_SEPARATOR) else {
         return if buffer.len() > max_size { Err(HandshakeError::Canceled) } else { Ok(None) };
     };
+    // The handshake is a message like any other, under the same limit, whether or not it came whole.
+    if end > max_size {
+        return Err(HandshakeError::Malformed(format!(
+            "The maximum message size of {max_size}B was exceeded. The message size can be configured in AddHubOptions."
+        )));
+    }
     let payload = buffer.split_to(end);
     buffer.advance(1);
     let request: Request =
@@ -134,6 +140,15 @@ mod tests {
         assert_eq!(parse(b"{\"protocol\":\"json\"").unwrap(), None);
         let long = vec![b' '; 2000];
         assert_eq!(parse(&long), Err(HandshakeError::Canceled));
+    }
+
+    #[test]
+    fn a_whole_handshake_over_the_message_limit_is_refused() {
+        let mut padded = b"{\"protocol\":\"json\",\"version\":1".to_vec();
+        padded.extend(std::iter::repeat_n(b' ', 2000));
+        padded.extend_from_slice(b"}\x1e");
+        let refusal = parse(&padded).unwrap_err().to_string();
+        assert!(refusal.contains("The maximum message size of 1024B was exceeded."), "{refusal}");
     }
 
     #[test]

@@ -277,7 +277,7 @@ mod tests {
         let dispatches = router().route("tasks", "vkey.7.TaskTimedOut", None, &body).unwrap();
         let delivered = delivered(&dispatches);
         assert_eq!(delivered[0].1, tenant("7"));
-        assert_eq!(delivered[0].2, vec!["task-abc", "task-type-video"]);
+        assert_eq!(delivered[0].2, vec!["task-abc", "task-type/video"]);
         assert_eq!(delivered[0].3, &HubMessage::event("TaskTimedOut", vec![json!("abc")]));
         assert_eq!(delivered[1].0, "admin-notifications");
         assert_eq!(delivered[1].2, vec!["admin-vkey-7"]);

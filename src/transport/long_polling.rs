@@ -43,7 +43,6 @@ async fn poll_once(http: &HttpConnection, generation: u64, timeout: Duration) ->
         _ = &mut superseded => return StatusCode::NO_CONTENT.into_response(),
     };
     let mut body = BytesMut::new();
-    let mut queued = 0;
     let mut next = first;
     let mut ended = false;
     loop {
@@ -52,13 +51,9 @@ async fn poll_once(http: &HttpConnection, generation: u64, timeout: Duration) ->
                 ended = true;
                 break;
             }
-            Some(Outbound::Frame(bytes)) => {
-                queued += bytes.len();
-                body.extend_from_slice(&bytes);
-            }
-            Some(Outbound::Control(bytes)) => body.extend_from_slice(&bytes),
-            // Only WebSocket readers queue Pongs; credit one back should it ever get here.
-            Some(Outbound::Pong(bytes)) => queued += bytes.len(),
+            Some(Outbound::Frame(bytes) | Outbound::Control(bytes)) => body.extend_from_slice(&bytes),
+            // Only WebSocket readers queue Pongs.
+            Some(Outbound::Pong(_)) => {}
             Some(Outbound::Close { last }) => {
                 body.extend_from_slice(&last.unwrap_or_default());
                 ended = true;
@@ -73,7 +68,6 @@ async fn poll_once(http: &HttpConnection, generation: u64, timeout: Duration) ->
             Err(_) => break,
         }
     }
-    http.connection.written(queued);
     if ended {
         // Later polls learn the connection is over.
         *guard = None;

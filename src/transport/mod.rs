@@ -1,6 +1,7 @@
 //! SignalR transports over HTTP: negotiate, then the transport request for each hub path.
 
 pub mod http;
+pub mod listener;
 pub mod long_polling;
 pub mod negotiate;
 pub mod resumable;
@@ -17,11 +18,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 
-use crate::auth::{AuthError, KeyId, Principal};
+use crate::auth::{AuthError, Principal};
 use crate::edge::connection::CloseReason;
-use crate::edge::Edge;
+use crate::edge::{Edge, Quota};
 use crate::hubs::{Audience, Hub};
 use http::TransportKind;
+use listener::RequestSocket;
 use negotiate::{random_id, ClaimError, ConnectionTable};
 use websocket::{NotWebSocket, WebSocketUpgrade};
 
@@ -43,12 +45,11 @@ pub fn routes(state: TransportState) -> Router {
                 &format!("{path}/negotiate"),
                 post(
                     move |State(state): State<TransportState>,
+                          socket: RequestSocket,
                           RawQuery(query): RawQuery,
                           headers: HeaderMap| {
-                        let hub = Arc::clone(&negotiate_hub);
-                        async move {
-                            negotiate::negotiate(state, hub, parse_query(query.as_deref()), headers).await
-                        }
+                        let request = HubRequest::new(&negotiate_hub, socket, query, headers);
+                        async move { negotiate::negotiate(state, request).await }
                     },
                 ),
             )
@@ -56,28 +57,59 @@ pub fn routes(state: TransportState) -> Router {
                 let (get_hub, post_hub, delete_hub) = (Arc::clone(&hub), Arc::clone(&hub), Arc::clone(&hub));
                 get(
                     move |State(state): State<TransportState>,
+                          socket: RequestSocket,
                           RawQuery(query): RawQuery,
                           headers: HeaderMap,
                           upgrade: Result<WebSocketUpgrade, NotWebSocket>| {
-                        let hub = Arc::clone(&get_hub);
-                        async move { connect(state, hub, parse_query(query.as_deref()), headers, upgrade).await }
+                        let request = HubRequest::new(&get_hub, socket, query, headers);
+                        async move { connect(state, request, upgrade).await }
                     },
                 )
-                .post(move |State(state): State<TransportState>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes| {
-                    let hub = Arc::clone(&post_hub);
-                    async move { send(state, hub, parse_query(query.as_deref()), headers, body).await }
-                })
-                .delete(move |State(state): State<TransportState>, RawQuery(query): RawQuery, headers: HeaderMap| {
-                    let hub = Arc::clone(&delete_hub);
-                    async move { close(state, hub, parse_query(query.as_deref()), headers) }
-                })
+                .post(
+                    move |State(state): State<TransportState>,
+                          socket: RequestSocket,
+                          RawQuery(query): RawQuery,
+                          headers: HeaderMap,
+                          body: Bytes| {
+                        let request = HubRequest::new(&post_hub, socket, query, headers);
+                        async move { send(state, request, body).await }
+                    },
+                )
+                .delete(
+                    move |State(state): State<TransportState>,
+                          socket: RequestSocket,
+                          RawQuery(query): RawQuery,
+                          headers: HeaderMap| {
+                        close(state, HubRequest::new(&delete_hub, socket, query, headers))
+                    },
+                )
             });
     }
     router.with_state(state)
 }
 
+/// A request for one hub, as every transport handler takes it.
+pub struct HubRequest {
+    pub hub: Arc<dyn Hub>,
+    pub socket: RequestSocket,
+    /// Query parameters, keys lower-cased.
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+}
+
+impl HubRequest {
+    fn new(hub: &Arc<dyn Hub>, socket: RequestSocket, query: Option<String>, headers: HeaderMap) -> Self {
+        Self { hub: Arc::clone(hub), socket, query: parse_query(query.as_deref()), headers }
+    }
+
+    /// Authenticates the request for its hub ([`authorize`]).
+    pub fn authorize(&self, edge: &Edge) -> Result<Principal, Refusal> {
+        authorize(edge, self.hub.as_ref(), &self.socket, &self.query, &self.headers)
+    }
+}
+
 /// Query parameters with lower-cased keys: SignalR reads them case-insensitively.
-fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .map(|(key, value)| (key.to_ascii_lowercase(), value.into_owned()))
         .collect()
@@ -109,10 +141,12 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Authenticates a request for `hub`: 401 without valid credentials, 403 for the wrong kind.
+/// Authenticates a request for `hub`: 401 without valid credentials, 403 for the wrong kind. A request
+/// that passes marks its socket authenticated.
 pub fn authorize(
     edge: &Edge,
     hub: &dyn Hub,
+    socket: &RequestSocket,
     query: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<Principal, Refusal> {
@@ -137,15 +171,23 @@ pub fn authorize(
             return Err(Refusal::Forbidden("Virtual key revoked"));
         }
     }
+    socket.authenticated();
     Ok(principal)
 }
 
-/// How many connections a key may hold: the configured limit, lowered by the token's own claim.
-pub fn connection_limit(edge: &Edge, principal: &Principal) -> Option<(KeyId, u32)> {
+/// How many connections a key may hold on `hub`: the configured limit (the hub's own, if it has one),
+/// lowered by the token's own claim.
+pub fn connection_quota(edge: &Edge, hub: &dyn Hub, principal: &Principal) -> Option<Quota> {
     match principal {
         Principal::VirtualKey(key) => {
-            let configured = edge.config.limits.connections_per_key;
-            Some((key.id.clone(), key.max_connections.map_or(configured, |claim| claim.min(configured))))
+            let limits = &edge.config.limits;
+            let own = limits.hubs.keys().any(|name| name.replace('_', "-") == hub.name());
+            let configured = limits.for_hub(hub.name()).connections_per_key;
+            Some(Quota {
+                key: key.id.clone(),
+                hub: own.then_some(hub.name()),
+                limit: key.max_connections.map_or(configured, |claim| claim.min(configured)),
+            })
         }
         Principal::Admin { .. } => None,
     }
@@ -154,15 +196,14 @@ pub fn connection_limit(edge: &Edge, principal: &Principal) -> Option<(KeyId, u3
 /// `GET {hub}`: a WebSocket, the Server-Sent Events stream, or a long poll.
 async fn connect(
     state: TransportState,
-    hub: Arc<dyn Hub>,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
+    request: HubRequest,
     upgrade: Result<WebSocketUpgrade, NotWebSocket>,
 ) -> Response {
-    let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
+    let principal = match request.authorize(&state.edge) {
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };
+    let HubRequest { hub, socket, query, headers } = request;
     let token = query.get("id").cloned();
     let kind = match &upgrade {
         Ok(_) => TransportKind::WebSockets,
@@ -190,8 +231,27 @@ async fn connect(
     if token.is_none() && kind != TransportKind::WebSockets {
         return (StatusCode::BAD_REQUEST, "Connection ID required").into_response();
     }
-    let slot = match connection_limit(&state.edge, &principal) {
-        Some((key, limit)) => match state.edge.reserve(&key, limit) {
+    // A stateful connection's client coming back on a new socket: it already holds its key's place, so
+    // it is resumed before any place is reserved (a resume at the key's limit must not get 429).
+    let resumable = (token.as_ref())
+        .filter(|_| upgrade.is_ok())
+        .and_then(|token| state.connections.resumable(token, hub.name(), &principal));
+    let upgrade = match (resumable, upgrade) {
+        (Some(resumable), Ok(upgrade)) => {
+            let max_message = websocket::max_socket_message(state.edge.config.limits.max_message_size);
+            return upgrade.on_upgrade(
+                max_message,
+                || {},
+                move |socket| {
+                    resumable::attach(&resumable, socket);
+                    std::future::ready(())
+                },
+            );
+        }
+        (_, upgrade) => upgrade,
+    };
+    let slot = match connection_quota(&state.edge, hub.as_ref(), &principal) {
+        Some(quota) => match state.edge.reserve(quota) {
             Some(slot) => Some(slot),
             None => return Refusal::TooManyConnections.into_response(),
         },
@@ -202,25 +262,6 @@ async fn connect(
         None => (random_id(), false),
         Some(token) => match state.connections.claim(token, hub.name(), &principal) {
             Ok(negotiated) => (negotiated.connection_id, negotiated.stateful),
-            Err(ClaimError::AlreadyActive) if kind == TransportKind::WebSockets => {
-                // A stateful connection's client coming back on a new socket.
-                drop(slot);
-                return match (upgrade, state.connections.resumable(token, hub.name(), &principal)) {
-                    (Ok(upgrade), Some(resumable)) => {
-                        let max_message =
-                            websocket::max_socket_message(state.edge.config.limits.max_message_size);
-                        upgrade.on_upgrade(
-                            max_message,
-                            || {},
-                            move |socket| {
-                                resumable::attach(&resumable, socket);
-                                std::future::ready(())
-                            },
-                        )
-                    }
-                    _ => claim_refusal(ClaimError::AlreadyActive),
-                };
-            }
             Err(error) => return claim_refusal(error),
         },
     };
@@ -235,7 +276,7 @@ async fn connect(
             let disconnect_timeout = state.edge.config.signalr.disconnect_timeout;
             let http = http::start(&state, kind, hub, principal, connection_id, token, slot);
             if kind == TransportKind::ServerSentEvents {
-                sse::serve(http, keep_alive).await
+                sse::serve(http, socket, keep_alive, state.edge.config.limits.write_timeout).await
             } else {
                 long_polling::watch(Arc::clone(&http), disconnect_timeout);
                 long_polling::empty()
@@ -249,26 +290,18 @@ async fn connect(
 /// transport request.
 fn http_connection(
     state: &TransportState,
-    hub: &dyn Hub,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
+    request: &HubRequest,
 ) -> Result<Option<Arc<http::HttpConnection>>, Box<Response>> {
-    let principal = authorize(&state.edge, hub, query, headers).map_err(|r| Box::new(r.into_response()))?;
-    let Some(token) = query.get("id") else {
+    let principal = request.authorize(&state.edge).map_err(|r| Box::new(r.into_response()))?;
+    let Some(token) = request.query.get("id") else {
         return Err(Box::new((StatusCode::BAD_REQUEST, "Connection ID required").into_response()));
     };
-    state.connections.http(token, hub.name(), &principal).map_err(|e| Box::new(claim_refusal(e)))
+    state.connections.http(token, request.hub.name(), &principal).map_err(|e| Box::new(claim_refusal(e)))
 }
 
 /// `POST {hub}?id=`: what an SSE or Long Polling client sends.
-async fn send(
-    state: TransportState,
-    hub: Arc<dyn Hub>,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match http_connection(&state, hub.as_ref(), &query, &headers) {
+async fn send(state: TransportState, request: HubRequest, body: Bytes) -> Response {
+    match http_connection(&state, &request) {
         Err(refusal) => *refusal,
         Ok(None) => {
             (StatusCode::METHOD_NOT_ALLOWED, "POST requests are not allowed for WebSocket connections.")
@@ -282,13 +315,8 @@ async fn send(
 }
 
 /// `DELETE {hub}?id=`: a Long Polling client ends its connection.
-fn close(
-    state: TransportState,
-    hub: Arc<dyn Hub>,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
-) -> Response {
-    match http_connection(&state, hub.as_ref(), &query, &headers) {
+async fn close(state: TransportState, request: HubRequest) -> Response {
+    match http_connection(&state, &request) {
         Err(refusal) => *refusal,
         Ok(Some(http)) if http.kind == TransportKind::LongPolling => {
             http.connection.close(CloseReason::ClientClosed);

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
@@ -13,9 +12,8 @@ use tokio::time::Instant;
 
 use super::http::HttpConnection;
 use super::resumable::Resumable;
-use super::{authorize, TransportState};
+use super::{HubRequest, TransportState};
 use crate::auth::Principal;
-use crate::hubs::Hub;
 
 /// A 16-byte random id, base64url like ASP.NET Core's (22 characters).
 pub fn random_id() -> String {
@@ -159,18 +157,14 @@ fn available_transports() -> serde_json::Value {
     ])
 }
 
-pub async fn negotiate(
-    state: TransportState,
-    hub: Arc<dyn Hub>,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
-) -> Response {
-    let principal = match authorize(&state.edge, hub.as_ref(), &query, &headers) {
+pub async fn negotiate(state: TransportState, request: HubRequest) -> Response {
+    let principal = match request.authorize(&state.edge) {
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };
-    if let Some((key, limit)) = super::connection_limit(&state.edge, &principal) {
-        if !state.edge.has_room(&key, limit) {
+    let HubRequest { hub, query, .. } = request;
+    if let Some(quota) = super::connection_quota(&state.edge, hub.as_ref(), &principal) {
+        if !state.edge.has_room(&quota) {
             return super::Refusal::TooManyConnections.into_response();
         }
     }

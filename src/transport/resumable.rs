@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::websocket::{
@@ -29,7 +29,10 @@ pub struct Resumable {
     pub connection: Arc<Connection>,
     sockets: mpsc::UnboundedSender<SocketEvent>,
     inbound: mpsc::Sender<Bytes>,
+    /// The current socket's number; a socket whose number is not this any more was replaced.
     generation: AtomicU64,
+    /// Wakes the readers when a new socket replaces theirs.
+    replaced: Notify,
 }
 
 impl std::fmt::Debug for Resumable {
@@ -54,6 +57,7 @@ pub async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket)
         sockets,
         inbound,
         generation: AtomicU64::new(0),
+        replaced: Notify::new(),
     });
     if let Some(token) = ending.token() {
         state.connections.attach_resumable(token, Arc::clone(&resumable));
@@ -79,8 +83,15 @@ pub async fn serve(state: TransportState, accepted: Accepted, socket: WebSocket)
 }
 
 /// Hands a (new) socket to the connection: its sending half to the writer, its receiving half to a reader.
+/// A connection has one socket at a time: a new one replaces the one before, whose reader then stops and
+/// whose writer the write loop drops, so the old socket closes (as ASP.NET Core does).
 pub fn attach(resumable: &Arc<Resumable>, socket: WebSocket) {
+    if resumable.connection.is_closing() {
+        // The connection is ending: the socket is dropped, and with it closed.
+        return;
+    }
     let generation = resumable.generation.fetch_add(1, Ordering::AcqRel) + 1;
+    resumable.replaced.notify_waiters();
     let (reader, writer) = socket.split();
     let _ = resumable.sockets.send(SocketEvent::Attached(generation, writer));
     let payloads = Payloads::new(reader, Arc::clone(&resumable.connection));
@@ -88,9 +99,23 @@ pub fn attach(resumable: &Arc<Resumable>, socket: WebSocket) {
 }
 
 /// Forwards what one socket reads. A Close frame or a protocol error ends the connection (the reader
-/// closes it); anything else ending the socket is a drop the client may come back from.
+/// closes it); anything else ending the socket is a drop the client may come back from. The reader stops
+/// when a newer socket replaces its own, or when the connection ends, whatever the client does.
 async fn read_loop(resumable: Arc<Resumable>, mut payloads: Payloads, generation: u64) {
-    while let Some(bytes) = payloads.next().await {
+    loop {
+        let replaced = resumable.replaced.notified();
+        tokio::pin!(replaced);
+        // Registered before the number is read, so a replacement in between still wakes this reader.
+        replaced.as_mut().enable();
+        if resumable.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let bytes = tokio::select! {
+            bytes = payloads.next() => bytes,
+            _ = replaced => continue,
+            _ = resumable.connection.closed() => return,
+        };
+        let Some(bytes) = bytes else { break };
         if resumable.inbound.send(bytes).await.is_err() {
             return;
         }
@@ -203,7 +228,6 @@ async fn write_loop(
             item = queue.recv(), if room => match item {
                 None => return,
                 Some(Outbound::Frame(message)) => {
-                    connection.written(message.len());
                     if stateful {
                         replay.push(message.clone());
                     }
@@ -219,7 +243,6 @@ async fn write_loop(
                     last_write = Instant::now();
                 }
                 Some(Outbound::Pong(payload)) => {
-                    connection.written(payload.len());
                     if !write_frame(&connection, sink, Opcode::Pong, &payload, timing.write).await {
                         socket = None;
                     }

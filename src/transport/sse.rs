@@ -11,8 +11,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant};
 
 use super::http::HttpConnection;
+use super::listener::RequestSocket;
 use crate::edge::connection::{CloseReason, Outbound, OutboundReceiver};
 use crate::protocol::ping_bytes;
+use tokio::sync::oneshot;
 
 /// Largest batch of messages in one event.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -33,12 +35,36 @@ struct Writer {
     last_write: Instant,
     opened: bool,
     closed: bool,
+    /// Dropped with the response stream, which tells the watch on a closed connection that it is over.
+    _ended: oneshot::Sender<()>,
 }
 
-pub async fn serve(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
+/// Serves the event stream of `http` on `socket`. A client that stops reading is closed as a slow
+/// consumer like on any transport; since the response then waits on the socket forever, with the Close
+/// message behind what the client does not read, the socket itself is aborted once `write_timeout` has
+/// passed after the close.
+pub async fn serve(
+    http: Arc<HttpConnection>,
+    socket: RequestSocket,
+    keep_alive: Duration,
+    write_timeout: Duration,
+) -> Response {
     let Some(queue) = http.outbound.lock().await.take() else {
         return (StatusCode::CONFLICT, "the connection already has its event stream").into_response();
     };
+    let (ended, stream_ended) = oneshot::channel::<()>();
+    if let RequestSocket(Some(socket)) = socket {
+        let connection = Arc::clone(&http.connection);
+        tokio::spawn(async move {
+            connection.closed().await;
+            drop(connection);
+            // The sender goes with the response stream: an error means the stream is over.
+            if tokio::time::timeout(write_timeout, stream_ended).await.is_err() {
+                tracing::info!("an event stream's client stopped reading; closing its socket");
+                socket.abort();
+            }
+        });
+    }
     let writer = Writer {
         queue,
         hangup: Hangup(http),
@@ -46,6 +72,7 @@ pub async fn serve(http: Arc<HttpConnection>, keep_alive: Duration) -> Response 
         last_write: Instant::now(),
         opened: false,
         closed: false,
+        _ended: ended,
     };
     let stream = futures_util::stream::unfold(writer, |mut writer| async move {
         let chunk = writer.next_chunk().await?;
@@ -81,7 +108,6 @@ impl Writer {
             }
         };
         let mut payload = BytesMut::new();
-        let mut queued = 0;
         let mut next = item;
         loop {
             match next {
@@ -89,13 +115,9 @@ impl Writer {
                     self.closed = true;
                     break;
                 }
-                Some(Outbound::Frame(bytes)) => {
-                    queued += bytes.len();
-                    payload.extend_from_slice(&bytes);
-                }
-                Some(Outbound::Control(bytes)) => payload.extend_from_slice(&bytes),
-                // Only WebSocket readers queue Pongs; credit one back should it ever get here.
-                Some(Outbound::Pong(bytes)) => queued += bytes.len(),
+                Some(Outbound::Frame(bytes) | Outbound::Control(bytes)) => payload.extend_from_slice(&bytes),
+                // Only WebSocket readers queue Pongs.
+                Some(Outbound::Pong(_)) => {}
                 Some(Outbound::Close { last }) => {
                     payload.extend_from_slice(&last.unwrap_or_default());
                     self.closed = true;
@@ -110,7 +132,6 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        connection.written(queued);
         self.last_write = Instant::now();
         if payload.is_empty() {
             return None;

@@ -67,7 +67,7 @@ pub async fn run(
                 ready.set(false);
                 crate::metrics::metrics()
                     .amqp_reconnects
-                    .get_or_create(&crate::metrics::RoleLabels { role: "edge".into() })
+                    .get_or_create(&crate::metrics::RoleLabels { role: "edge" })
                     .inc();
                 let delay = backoff.next_delay();
                 tracing::warn!(error = format!("{error:#}"), ?delay, "edge lost RabbitMQ; reconnecting");

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use super::{connect, declare_hub_topology, now_unix_seconds, Names};
@@ -38,29 +38,27 @@ impl Publisher {
     ) -> anyhow::Result<String> {
         let message_id = message_id.map_or_else(crate::transport::negotiate::random_id, str::to_owned);
         let event = routing_key.rsplit('.').next().unwrap_or_default();
+        let exchange = short_string("exchange name", &self.names.hub_exchange(hub))?;
+        let routing_key = short_string("routing key", routing_key)?;
+        let message_id_property = short_string("message id", &message_id)?;
+        let kind = short_string("event name", event)?;
         let mut headers = FieldTable::default();
         if let Some(traceparent) = traceparent {
             headers.insert("traceparent".into(), AMQPValue::LongString(LongString::from(traceparent)));
         }
         // AMQP timestamps are whole seconds; latency wants milliseconds.
-        headers
-            .insert("x-hubcast-published-ms".into(), AMQPValue::LongLongInt(super::now_unix_millis() as i64));
+        let published_ms = i64::try_from(super::now_unix_millis()).unwrap_or(i64::MAX);
+        headers.insert("x-hubcast-published-ms".into(), AMQPValue::LongLongInt(published_ms));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_message_id(message_id.as_str().into())
+            .with_message_id(message_id_property)
             .with_timestamp(now_unix_seconds())
-            .with_type(event.into())
+            .with_type(kind)
             .with_delivery_mode(2)
             .with_headers(headers);
         let confirmation = self
             .channel
-            .basic_publish(
-                self.names.hub_exchange(hub).into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+            .basic_publish(exchange, routing_key, BasicPublishOptions::default(), body, properties)
             .await
             .context("publishing to RabbitMQ")?
             .await
@@ -69,5 +67,30 @@ impl Publisher {
             Confirmation::Ack(_) => Ok(message_id),
             other => bail!("the broker did not accept the event: {other:?}"),
         }
+    }
+}
+
+/// The longest AMQP short string (exchange, routing key, message id, type).
+const MAX_SHORT_STRING: usize = 255;
+
+/// A short string, refused when longer than 255 bytes: lapin would write it with a wrong length byte,
+/// breaking the frame (and panicking in debug builds). Callers validate before publishing
+/// ([`crate::events::validate_incoming`]); this keeps the publisher safe anyway.
+fn short_string(what: &str, value: &str) -> anyhow::Result<ShortString> {
+    if value.len() > MAX_SHORT_STRING {
+        bail!("the {what} is {} bytes; AMQP allows at most 255", value.len());
+    }
+    Ok(ShortString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_strings_over_255_bytes_are_refused_not_sent() {
+        assert_eq!(short_string("message id", &"m".repeat(255)).unwrap().as_str().len(), 255);
+        let error = short_string("message id", &"m".repeat(256)).unwrap_err();
+        assert_eq!(error.to_string(), "the message id is 256 bytes; AMQP allows at most 255");
     }
 }

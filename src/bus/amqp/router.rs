@@ -40,7 +40,7 @@ pub async fn run(config: Config, ready: Arc<Readiness>, shutdown: CancellationTo
                 ready.set(false);
                 crate::metrics::metrics()
                     .amqp_reconnects
-                    .get_or_create(&crate::metrics::RoleLabels { role: "router".into() })
+                    .get_or_create(&crate::metrics::RoleLabels { role: "router" })
                     .inc();
                 let delay = backoff.next_delay();
                 tracing::warn!(error = format!("{error:#}"), ?delay, "router lost RabbitMQ; reconnecting");
@@ -87,7 +87,8 @@ async fn session(
     // continues their cooldowns instead of starting afresh.
     let alerts_channel = connection.create_channel().await?;
     alerts_channel.basic_qos(500, BasicQosOptions::default()).await?;
-    let since = super::now_unix_seconds().saturating_sub(config.spend.alert_cooldown.as_secs() + 1);
+    let since =
+        super::now_unix_seconds().saturating_sub(config.spend.alert_cooldown.as_secs().saturating_add(1));
     let mut arguments = FieldTable::default();
     arguments.insert("x-stream-offset".into(), AMQPValue::Timestamp(since));
     let mut alerts = alerts_channel
@@ -146,8 +147,8 @@ async fn session(
                 if let Ok(StateMessage { change: StateChange::AlertSent { key, alert_type, at_ms }, .. }) =
                     serde_json::from_slice(&message.data)
                 {
-                    if let Some(key) = crate::auth::KeyId::parse(&key) {
-                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+                    let at = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(at_ms));
+                    if let (Some(key), Some(at)) = (crate::auth::KeyId::parse(&key), at) {
                         router.record_alert(&key, &alert_type, at);
                     }
                 }
@@ -330,7 +331,7 @@ fn handle(
     let traceparent = super::header(&delivery.properties, "traceparent");
     let published_ms = published_ms(delivery);
     let event = routing_key.rsplit('.').next().unwrap_or_default();
-    let hub_name = names.hub_of_exchange(delivery.exchange.as_str()).unwrap_or("unknown");
+    let hub_name = names.hub_of_exchange(delivery.exchange.as_str()).unwrap_or(crate::metrics::UNKNOWN);
     let metrics = crate::metrics::metrics();
     metrics.events_consumed.get_or_create(&crate::metrics::hub_event(hub_name, event)).inc();
     let span = tracing::info_span!(
@@ -342,24 +343,26 @@ fn handle(
     crate::telemetry::continue_trace(&span, traceparent.as_deref());
     let _entered = span.enter();
     let traceparent = crate::telemetry::traceparent_for(&span, traceparent.as_deref());
-    let dispatches = match validate(names, delivery, max_event_bytes).and_then(|(hub, body)| {
-        router.route(hub, routing_key, message_id.as_deref(), &body).map_err(|e| e.to_string())
-    }) {
-        Ok(dispatches) => dispatches,
-        Err(reason) => {
-            tracing::info!(%reason, "dead-lettering");
-            metrics.events_dead_lettered.get_or_create(&crate::metrics::hub(hub_name)).inc();
-            routed.publishing.push(dead_letter(names, publish, delivery, &reason));
-            return Ok(());
-        }
-    };
+    let dispatches =
+        match validate(names, delivery, message_id.as_deref(), max_event_bytes).and_then(|(hub, body)| {
+            router.route(hub, routing_key, message_id.as_deref(), &body).map_err(|e| e.to_string())
+        }) {
+            Ok(dispatches) => dispatches,
+            Err(reason) => {
+                let reason = bounded_reason(&reason);
+                tracing::info!(%reason, "dead-lettering");
+                metrics.events_dead_lettered.get_or_create(&crate::metrics::hub(hub_name)).inc();
+                routed.publishing.push(dead_letter(names, publish, delivery, &reason));
+                return Ok(());
+            }
+        };
     let timestamp = delivery.properties.timestamp().unwrap_or_else(super::now_unix_seconds);
     for (index, dispatch) in dispatches.into_iter().enumerate() {
         match dispatch {
             Dispatch::Deliver(mut deliver) => {
                 // One event can cause several deliveries (an alert, an admin mirror); each has its own id.
                 let delivery_id = message_id.as_ref().map(|id| format!("{id}#{index}"));
-                metrics.events_forwarded.get_or_create(&crate::metrics::hub_event(deliver.hub, event)).inc();
+                metrics.events_forwarded.get_or_create(&crate::metrics::delivery(&deliver)).inc();
                 deliver.published_ms = published_ms;
                 let (id, traceparent) = (delivery_id.as_deref(), traceparent.as_deref());
                 routed.forward(names, publish, &deliver, id, traceparent, timestamp);
@@ -390,21 +393,23 @@ fn published_ms(delivery: &AmqpDelivery) -> Option<u64> {
             _ => None,
         }
     });
-    header.or_else(|| delivery.properties.timestamp().map(|seconds| seconds * 1000))
+    // The timestamp is the producer's: an absurd one saturates rather than overflowing.
+    header.or_else(|| delivery.properties.timestamp().map(|seconds| seconds.saturating_mul(1000)))
 }
 
-/// Checks what the router can check before routing: size, the `type` property, JSON.
+/// Checks what the router can check before routing: size and message id (the checks of every ingress),
+/// the `type` property, JSON.
 fn validate(
     names: &Names,
     delivery: &AmqpDelivery,
+    message_id: Option<&str>,
     max_event_bytes: usize,
 ) -> Result<(&'static str, Value), String> {
     let hub = names
         .hub_of_exchange(delivery.exchange.as_str())
         .ok_or_else(|| format!("exchange '{}' is not a hub exchange", delivery.exchange))?;
-    if delivery.data.len() > max_event_bytes {
-        return Err(format!("body of {} bytes is over the limit of {max_event_bytes}", delivery.data.len()));
-    }
+    crate::events::check_envelope(delivery.data.len(), message_id, max_event_bytes)
+        .map_err(|e| e.to_string())?;
     if let Some(kind) = delivery.properties.kind() {
         let event = delivery.routing_key.as_str().rsplit('.').next().unwrap_or_default();
         if kind.as_str() != event {
@@ -415,15 +420,37 @@ fn validate(
     Ok((hub, body))
 }
 
+/// The longest reason that goes into `x-hubcast-error` (and the log). A reason may quote the event's
+/// fields, which can be as large as the event; AMQP properties must fit in one frame (128 KiB by default),
+/// and a larger header makes the broker close the router's connection (FRAME_ERROR), after which the same
+/// message comes back and does it again.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// The reason, cut at a character boundary to at most [`MAX_REASON_BYTES`] in all, saying how long it was.
+fn bounded_reason(reason: &str) -> std::borrow::Cow<'_, str> {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.into();
+    }
+    let suffix = format!("... ({} bytes in all)", reason.len());
+    let room = MAX_REASON_BYTES.saturating_sub(suffix.len());
+    let cut = (0..=room).rev().find(|&at| reason.is_char_boundary(at)).unwrap_or(0);
+    format!("{}{suffix}", &reason[..cut]).into()
+}
+
 /// Sends a message to the dead-letter exchange with the reason, keeping its body and properties.
 fn dead_letter(names: &Names, publish: &Channel, delivery: &AmqpDelivery, reason: &str) -> Publishing {
+    let properties = dead_letter_properties(delivery, reason);
+    start_publish(publish, names.dead_letter(), String::new(), delivery.data.clone(), properties)
+}
+
+/// The message's properties with the reason and where it came from added to its headers.
+fn dead_letter_properties(delivery: &AmqpDelivery, reason: &str) -> BasicProperties {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-    headers.insert("x-hubcast-error".into(), text(reason));
+    headers.insert("x-hubcast-error".into(), text(&bounded_reason(reason)));
     headers.insert("x-hubcast-original-exchange".into(), text(delivery.exchange.as_str()));
     headers.insert("x-hubcast-original-routing-key".into(), text(delivery.routing_key.as_str()));
-    let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
-    start_publish(publish, names.dead_letter(), String::new(), delivery.data.clone(), properties)
+    delivery.properties.clone().with_headers(headers).with_delivery_mode(2)
 }
 
 /// Waits until everything a run of messages caused is confirmed, and returns their tags for acking; a
@@ -442,7 +469,91 @@ async fn settle(last: AmqpDelivery, tags: Vec<u64>, publishing: Vec<Publishing>)
 
 #[cfg(test)]
 mod tests {
-    use super::Settled;
+    use super::*;
+
+    /// A message as the router's consumer receives it from the tasks exchange.
+    fn received(routing_key: &str, body: &[u8], properties: BasicProperties) -> AmqpDelivery {
+        let mut delivery =
+            AmqpDelivery::mock(1, "conduit.tasks".into(), routing_key.into(), false, body.to_vec());
+        delivery.properties = properties;
+        delivery
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_with_the_reason_every_ingress_gives() {
+        let names = Names::new("conduit.");
+        let body = serde_json::json!({"taskId": "t", "taskType": "v", "percentComplete": 1, "message": "x".repeat(300_000)});
+        let body = serde_json::to_vec(&body).unwrap();
+        let message = received("vkey.1.TaskProgress", &body, BasicProperties::default());
+        let reason = validate(&names, &message, None, 262_144).unwrap_err();
+        assert_eq!(
+            reason,
+            format!("event body of {} bytes is over the limit of bus.max_event_bytes (262144)", body.len())
+        );
+        assert_eq!(reason, crate::events::check_envelope(body.len(), None, 262_144).unwrap_err().to_string());
+        let (hub, parsed) = validate(&names, &message, None, body.len()).unwrap();
+        assert_eq!((hub, parsed["taskId"].as_str()), ("tasks", Some("t")));
+        let typed =
+            received("vkey.1.TaskProgress", b"{}", BasicProperties::default().with_type("TaskFailed".into()));
+        assert!(validate(&names, &typed, None, 262_144).unwrap_err().contains("does not match"));
+    }
+
+    /// An invalid event may be as large as `bus.max_event_bytes`, and its reason quotes the offending
+    /// field. The dead letter's header stays small: the broker refuses properties larger than a frame
+    /// (FRAME_ERROR, closing the router's connection), and the message would come back forever.
+    #[test]
+    fn a_dead_letter_reason_stays_within_a_frame() {
+        let names = Names::new("conduit.");
+        let router = Router::new(&Config::default());
+        let task_id = "x y".repeat(80_000);
+        let body = serde_json::to_vec(
+            &serde_json::json!({"taskId": task_id, "taskType": "v", "percentComplete": 1}),
+        );
+        let message = received("vkey.1.TaskProgress", &body.unwrap(), BasicProperties::default());
+        let (hub, body) = validate(&names, &message, None, 262_144).expect("within the size limit");
+        let reason = router.route(hub, "vkey.1.TaskProgress", None, &body).unwrap_err().to_string();
+        assert!(reason.len() > 200_000, "the reason quotes the id");
+        let properties = dead_letter_properties(&message, &reason);
+        let headers = properties.headers().as_ref().unwrap().inner();
+        let Some(AMQPValue::LongString(header)) =
+            headers.get(&lapin::types::ShortString::from("x-hubcast-error"))
+        else {
+            panic!("no x-hubcast-error header")
+        };
+        let header = String::from_utf8(header.as_bytes().to_vec()).unwrap();
+        assert!(header.len() <= MAX_REASON_BYTES, "{} bytes", header.len());
+        assert!(header.starts_with("invalid TaskProgress body: taskId: 'x yx y"), "{header}");
+        assert!(header.ends_with(&format!("... ({} bytes in all)", reason.len())), "{header}");
+        // Cut at a character boundary, whatever the characters.
+        let wide = "é".repeat(MAX_REASON_BYTES);
+        let cut = bounded_reason(&wide);
+        assert!(cut.len() <= MAX_REASON_BYTES && cut.starts_with(&"é".repeat(400)), "{cut}");
+        assert_eq!(bounded_reason(&cut), cut, "cutting again changes nothing");
+        assert_eq!(bounded_reason("short"), "short");
+    }
+
+    /// The producer's timestamp and `x-hubcast-published-ms` header are whatever it sent: absurd values
+    /// give an absurd latency (clamped at zero by the edge), never an overflow.
+    #[test]
+    fn absurd_publish_times_do_not_overflow() {
+        let at =
+            |properties: BasicProperties| published_ms(&received("vkey.1.TaskProgress", b"{}", properties));
+        assert_eq!(at(BasicProperties::default().with_timestamp(u64::MAX)), Some(u64::MAX));
+        assert_eq!(at(BasicProperties::default().with_timestamp(1_700_000_000)), Some(1_700_000_000_000));
+        let header = |value: AMQPValue| {
+            let mut headers = FieldTable::default();
+            headers.insert("x-hubcast-published-ms".into(), value);
+            BasicProperties::default().with_headers(headers).with_timestamp(7)
+        };
+        assert_eq!(
+            at(header(AMQPValue::LongLongInt(i64::MIN))),
+            Some(7_000),
+            "negative: the timestamp instead"
+        );
+        assert_eq!(at(header(AMQPValue::LongLongInt(i64::MAX))), Some(i64::MAX as u64));
+        assert_eq!(at(header(AMQPValue::Timestamp(u64::MAX))), Some(u64::MAX));
+        assert_eq!(at(BasicProperties::default()), None);
+    }
 
     #[test]
     fn acks_go_only_as_far_as_every_earlier_tag_is_settled() {

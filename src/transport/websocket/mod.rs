@@ -20,6 +20,8 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
 pub use frame::{close_code, FrameError, Incoming, Opcode};
+#[doc(hidden)]
+pub use frame::{Decoder, ServerHeader};
 pub use socket::{NotWebSocket, SocketReader, SocketWriter, WebSocket, WebSocketUpgrade};
 
 use super::TransportState;
@@ -221,11 +223,8 @@ async fn write_loop(
         let batch = match item {
             None => break,
             // A slow consumer's backlog is dropped so that its Close goes out now, not after the backlog.
-            Some(Outbound::Frame(skipped))
-                if connection.close_reason() == Some(&CloseReason::SlowConsumer) =>
-            {
-                connection.written(skipped.len());
-                continue;
+            Some(Outbound::Frame(_)) if connection.close_reason() == Some(&CloseReason::SlowConsumer) => {
+                continue
             }
             Some(first) => gather(first, &mut queue),
         };
@@ -240,7 +239,6 @@ async fn write_loop(
             }
             last_write = Instant::now();
         }
-        connection.written(batch.queued);
         if batch.close {
             break;
         }
@@ -302,8 +300,6 @@ fn data_opcode(connection: &Connection) -> Opcode {
 struct Batch {
     /// Hub messages, written as one WebSocket message.
     bytes: Bytes,
-    /// How many of the bytes came through the queue's bound (frames and Pongs).
-    queued: usize,
     /// The Pong to send, answering the latest Ping (RFC 6455 lets earlier ones go unanswered).
     pong: Option<Bytes>,
     /// A Close was among them: the transport closes after this batch.
@@ -319,13 +315,8 @@ fn gather(first: Outbound, queue: &mut OutboundReceiver) -> Batch {
     let mut next = Some(first);
     while let Some(item) = next.take() {
         let bytes = match item {
-            Outbound::Frame(bytes) => {
-                batch.queued += bytes.len();
-                bytes
-            }
-            Outbound::Control(bytes) => bytes,
+            Outbound::Frame(bytes) | Outbound::Control(bytes) => bytes,
             Outbound::Pong(payload) => {
-                batch.queued += payload.len();
                 batch.pong = Some(payload);
                 Bytes::new()
             }
@@ -371,13 +362,11 @@ mod tests {
         tx(Outbound::Frame(Bytes::from_static(b"never")));
         let batch = gather(Outbound::Frame(Bytes::from_static(b"a")), &mut rx);
         assert_eq!(&batch.bytes[..], b"abc");
-        assert_eq!(batch.queued, 2, "the Close message is not counted against the queue");
         assert!(batch.close);
         let (tx, mut rx) = crate::edge::connection::test_queue();
         tx(Outbound::Frame(Bytes::from_static(b"event")));
         let batch = gather(Outbound::Control(Bytes::from_static(b"{}\x1e")), &mut rx);
         assert_eq!(&batch.bytes[..], b"{}\x1eevent");
-        assert_eq!(batch.queued, 5, "the handshake response is not counted either");
         assert!(!batch.close);
     }
 
@@ -387,18 +376,16 @@ mod tests {
         let shared = Bytes::from(vec![1u8; 100]);
         let batch = gather(Outbound::Frame(shared.clone()), &mut rx);
         assert_eq!(batch.bytes.as_ptr(), shared.as_ptr());
-        assert_eq!(batch.queued, 100);
         assert!(!batch.close);
     }
 
     #[test]
-    fn pongs_ride_along_with_a_batch_and_count_against_the_bound() {
+    fn pongs_ride_along_with_a_batch() {
         let (tx, mut rx) = crate::edge::connection::test_queue();
         tx(Outbound::Pong(Bytes::from_static(b"p2")));
         tx(Outbound::Frame(Bytes::from_static(b"event")));
         let batch = gather(Outbound::Pong(Bytes::from_static(b"p1")), &mut rx);
         assert_eq!(batch.pong.as_deref(), Some(&b"p2"[..]), "the latest Ping is answered");
         assert_eq!(&batch.bytes[..], b"event");
-        assert_eq!(batch.queued, 9);
     }
 }
