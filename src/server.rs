@@ -117,6 +117,7 @@ pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     let drain_window = config.signalr.drain_window;
     let limits = ListenerLimits {
         header_timeout: config.limits.request_header_timeout,
+        write_timeout: config.limits.write_timeout,
         unauthenticated: config.limits.unauthenticated_connections,
         reserved_file_descriptors: config.limits.reserved_file_descriptors,
     };

@@ -6,6 +6,9 @@
 //!   an idle keep-alive connection are all closed after it.
 //! - Sockets that have not yet carried an authenticated request are capped
 //!   (`limits.unauthenticated_connections`).
+//! - A write the client does not take for longer than `limits.write_timeout` (and a little more, so
+//!   that a WebSocket writer's own deadline, which closes with `Slow consumer`, goes first) aborts the
+//!   socket: a response the client stopped reading (an SSE stream, a long poll) never holds it for good.
 //! - `limits.reserved_file_descriptors` are kept free. Past the cap or into the reserve, a new socket is
 //!   still accepted but only answered: `/healthz` with 200 and anything else with 503, then closed. So the
 //!   edge keeps answering its probes and refusing clearly instead of hanging in the accept queue.
@@ -29,13 +32,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 /// What the listener enforces; see the module documentation.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerLimits {
     pub header_timeout: Duration,
+    pub write_timeout: Duration,
     pub unauthenticated: usize,
     pub reserved_file_descriptors: usize,
 }
@@ -52,25 +55,20 @@ struct Counts {
     unauthenticated: AtomicUsize,
 }
 
-/// One accepted socket as request handlers see it: they mark it authenticated, and may abort it.
-/// Handlers find it with the [`RequestSocket`] extractor.
+/// One accepted socket as request handlers see it: they mark it authenticated. Handlers find it with the
+/// [`RequestSocket`] extractor.
 #[derive(Clone)]
 pub struct Socket(Arc<SocketState>);
 
 struct SocketState {
     counts: Arc<Counts>,
     authenticated: AtomicBool,
-    abort: CancellationToken,
 }
 
 impl Socket {
     fn new(counts: &Arc<Counts>) -> Self {
         counts.unauthenticated.fetch_add(1, Ordering::Relaxed);
-        Socket(Arc::new(SocketState {
-            counts: Arc::clone(counts),
-            authenticated: AtomicBool::new(false),
-            abort: CancellationToken::new(),
-        }))
+        Socket(Arc::new(SocketState { counts: Arc::clone(counts), authenticated: AtomicBool::new(false) }))
     }
 
     /// A request on this socket carried valid credentials: it no longer counts against the cap of
@@ -79,12 +77,6 @@ impl Socket {
         if !self.0.authenticated.swap(true, Ordering::Relaxed) {
             self.0.counts.unauthenticated.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-
-    /// Closes the socket now, whatever it is in the middle of: for a response the client stopped reading
-    /// (an SSE stream of a slow consumer), which nothing else would ever end.
-    pub fn abort(&self) {
-        self.0.abort.cancel();
     }
 }
 
@@ -116,16 +108,41 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestSocket {
     }
 }
 
-/// A TCP stream counted as an open socket for as long as it lives, upgraded to a WebSocket or not.
+/// How much longer than `limits.write_timeout` a stalled write may wait at the socket: the transports'
+/// own deadlines, which close a client with `Slow consumer`, come first.
+const STALL_GRACE: Duration = Duration::from_secs(2);
+
+/// A TCP stream counted as an open socket for as long as it lives, upgraded to a WebSocket or not, whose
+/// writes fail once one has waited on the client past the stall limit.
 struct CountedStream {
     stream: TcpStream,
     counts: Arc<Counts>,
+    stall_limit: Duration,
+    /// Set while a write waits on the client; allocated only then.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl CountedStream {
-    fn new(stream: TcpStream, counts: &Arc<Counts>) -> Self {
+    fn new(stream: TcpStream, counts: &Arc<Counts>, write_timeout: Duration) -> Self {
         counts.open.fetch_add(1, Ordering::Relaxed);
-        Self { stream, counts: Arc::clone(counts) }
+        Self { stream, counts: Arc::clone(counts), stall_limit: write_timeout + STALL_GRACE, stalled: None }
+    }
+
+    /// Passes a write's outcome through, timing how long it has been waiting on the client.
+    fn timed<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if outcome.is_ready() {
+            self.stalled = None;
+            return outcome;
+        }
+        let limit = self.stall_limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing written to it for longer than the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -143,7 +160,9 @@ impl AsyncRead for CountedStream {
 
 impl AsyncWrite for CountedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.timed(cx, outcome)
     }
 
     fn poll_write_vectored(
@@ -151,7 +170,9 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.timed(cx, outcome)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -209,7 +230,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let stream = CountedStream::new(stream, &counts);
+        let stream = CountedStream::new(stream, &counts, limits.write_timeout);
         let over = counts.open.load(Ordering::Relaxed) > budget
             || counts.unauthenticated.load(Ordering::Relaxed) >= limits.unauthenticated;
         if over {
@@ -228,7 +249,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves HTTP on one socket until the client or the server ends it, the server aborts it, or shutdown.
+/// Serves HTTP on one socket until the client or the server ends it, or shutdown.
 async fn serve_socket(
     stream: CountedStream,
     socket: Socket,
@@ -236,7 +257,6 @@ async fn serve_socket(
     header_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let abort = socket.0.abort.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(socket.clone());
@@ -254,7 +274,6 @@ async fn serve_socket(
                 }
                 return;
             }
-            _ = abort.cancelled() => return,
             _ = stop.changed(), if !graceful => {
                 graceful = true;
                 connection.as_mut().graceful_shutdown();
@@ -296,13 +315,16 @@ mod tests {
 
     /// Serves a router whose `/login` marks its socket authenticated, until the test ends.
     async fn start(limits: ListenerLimits) -> std::net::SocketAddr {
-        let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
-            "/login",
-            get(|socket: RequestSocket| async move {
-                socket.authenticated();
-                "in"
-            }),
-        );
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/big", get(|| async { vec![b'x'; 32 << 20] }))
+            .route(
+                "/login",
+                get(|socket: RequestSocket| async move {
+                    socket.authenticated();
+                    "in"
+                }),
+            );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, app, limits, std::future::pending()));
@@ -312,6 +334,7 @@ mod tests {
     fn limits(unauthenticated: usize) -> ListenerLimits {
         ListenerLimits {
             header_timeout: Duration::from_millis(300),
+            write_timeout: Duration::from_millis(200),
             unauthenticated,
             reserved_file_descriptors: 16,
         }
@@ -363,6 +386,27 @@ mod tests {
         let (mut idle, answer) = request(address, "/healthz", false).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(closed_within(&mut idle, Duration::from_secs(2)).await, "an idle keep-alive connection");
+    }
+
+    #[tokio::test]
+    async fn a_response_the_client_does_not_read_has_its_socket_closed_after_the_write_timeout() {
+        let address = start(limits(100)).await;
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        // Longer than the write timeout (200 ms) and its grace (2 s), reading nothing.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut taken = 0;
+        let mut buffer = vec![0; 64 * 1024];
+        let reading = async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => taken += read,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), reading).await.expect("the server closed the socket");
+        assert!(taken < 32 << 20, "the response was cut short: {taken} bytes");
     }
 
     #[tokio::test]

@@ -203,7 +203,7 @@ async fn connect(
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };
-    let HubRequest { hub, socket, query, headers } = request;
+    let HubRequest { hub, query, headers, .. } = request;
     let token = query.get("id").cloned();
     let kind = match &upgrade {
         Ok(_) => TransportKind::WebSockets,
@@ -276,7 +276,7 @@ async fn connect(
             let disconnect_timeout = state.edge.config.signalr.disconnect_timeout;
             let http = http::start(&state, kind, hub, principal, connection_id, token, slot);
             if kind == TransportKind::ServerSentEvents {
-                sse::serve(http, socket, keep_alive, state.edge.config.limits.write_timeout).await
+                sse::serve(http, keep_alive).await
             } else {
                 long_polling::watch(Arc::clone(&http), disconnect_timeout);
                 long_polling::empty()

@@ -11,10 +11,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{sleep_until, Instant};
 
 use super::http::HttpConnection;
-use super::listener::RequestSocket;
 use crate::edge::connection::{CloseReason, Outbound, OutboundReceiver};
 use crate::protocol::ping_bytes;
-use tokio::sync::oneshot;
 
 /// Largest batch of messages in one event.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -35,36 +33,15 @@ struct Writer {
     last_write: Instant,
     opened: bool,
     closed: bool,
-    /// Dropped with the response stream, which tells the watch on a closed connection that it is over.
-    _ended: oneshot::Sender<()>,
 }
 
-/// Serves the event stream of `http` on `socket`. A client that stops reading is closed as a slow
-/// consumer like on any transport; since the response then waits on the socket forever, with the Close
-/// message behind what the client does not read, the socket itself is aborted once `write_timeout` has
-/// passed after the close.
-pub async fn serve(
-    http: Arc<HttpConnection>,
-    socket: RequestSocket,
-    keep_alive: Duration,
-    write_timeout: Duration,
-) -> Response {
+/// Serves the event stream of `http`. A client that stops reading is closed as a slow consumer like on
+/// any transport; the stream itself, stuck behind what the client does not read, ends when the listener
+/// gives up on the stalled socket (`limits.write_timeout`), which drops it and so closes the connection.
+pub async fn serve(http: Arc<HttpConnection>, keep_alive: Duration) -> Response {
     let Some(queue) = http.outbound.lock().await.take() else {
         return (StatusCode::CONFLICT, "the connection already has its event stream").into_response();
     };
-    let (ended, stream_ended) = oneshot::channel::<()>();
-    if let RequestSocket(Some(socket)) = socket {
-        let connection = Arc::clone(&http.connection);
-        tokio::spawn(async move {
-            connection.closed().await;
-            drop(connection);
-            // The sender goes with the response stream: an error means the stream is over.
-            if tokio::time::timeout(write_timeout, stream_ended).await.is_err() {
-                tracing::info!("an event stream's client stopped reading; closing its socket");
-                socket.abort();
-            }
-        });
-    }
     let writer = Writer {
         queue,
         hangup: Hangup(http),
@@ -72,7 +49,6 @@ pub async fn serve(
         last_write: Instant::now(),
         opened: false,
         closed: false,
-        _ended: ended,
     };
     let stream = futures_util::stream::unfold(writer, |mut writer| async move {
         let chunk = writer.next_chunk().await?;
