@@ -11,7 +11,7 @@ pub mod websocket;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -85,7 +85,10 @@ pub fn routes(state: TransportState) -> Router {
                 )
             });
     }
-    router.with_state(state)
+    // A POST carries what a WebSocket message would: never more (axum's default would be 2 MB, and a
+    // session holds a few bodies in its inbound backlog).
+    let body_limit = websocket::max_socket_message(state.edge.config.limits.max_message_size);
+    router.layer(DefaultBodyLimit::max(body_limit)).with_state(state)
 }
 
 /// A request for one hub, as every transport handler takes it.
@@ -356,5 +359,73 @@ mod tests {
         assert_eq!(query.get("negotiateversion").map(String::as_str), Some("1"));
         assert_eq!(query.get("access_token").map(String::as_str), Some("a+b="));
         assert_eq!(query.get("id").map(String::as_str), Some("x"));
+    }
+
+    /// One HTTP/1.1 request with `Connection: close`; the status and the body.
+    async fn http(
+        address: std::net::SocketAddr,
+        request_line: &str,
+        token: &str,
+        body: &[u8],
+    ) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!(
+            "{request_line} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let _ = stream.write_all(body).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = answer.split_once("\r\n\r\n").map_or(String::new(), |(_, body)| body.to_owned());
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn a_post_is_refused_past_what_a_websocket_message_may_carry() {
+        let config = crate::config::Config {
+            auth: crate::config::AuthConfig {
+                jwt_secret: Some("transport-test-secret".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = crate::auth::mint_token(
+            &config.auth,
+            crate::auth::KeyId::parse("7").as_ref(),
+            std::time::Duration::from_secs(600),
+            None,
+        )
+        .unwrap();
+        let max_post = websocket::max_socket_message(config.limits.max_message_size);
+        let auth = crate::auth::Authenticator::new(&config.auth).unwrap();
+        let edge = Arc::new(Edge::new(config, auth, crate::hubs::all()));
+        let app = routes(TransportState { edge, connections: Arc::default() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = listener::ListenerLimits {
+            header_timeout: std::time::Duration::from_secs(5),
+            write_timeout: std::time::Duration::from_secs(5),
+            unauthenticated: 100,
+            reserved_file_descriptors: 16,
+        };
+        tokio::spawn(listener::serve(listener, app, limits, std::future::pending()));
+
+        let (status, body) =
+            http(address, "POST /hubs/tasks/negotiate?negotiateVersion=1", &token, b"").await;
+        assert_eq!(status, 200, "{body}");
+        let negotiated: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = negotiated["connectionToken"].as_str().unwrap().to_owned();
+        let (status, _) = http(address, &format!("GET /hubs/tasks?id={id}"), &token, b"").await;
+        assert_eq!(status, 200, "the first long poll");
+        let (status, _) =
+            http(address, &format!("POST /hubs/tasks?id={id}"), &token, &vec![b' '; max_post + 1]).await;
+        assert_eq!(status, 413);
+        let handshake = b"{\"protocol\":\"json\",\"version\":1}\x1e";
+        let (status, _) = http(address, &format!("POST /hubs/tasks?id={id}"), &token, handshake).await;
+        assert_eq!(status, 200, "a body within the limit is taken");
     }
 }
