@@ -131,7 +131,7 @@ impl Session {
             inbound_state.resumption = Some(self.connection.enable_resumption());
         }
         self.connection.send_control(handshake::response(None));
-        if let Err(error) = self.hub.on_connected(caller) {
+        if let Err(error) = caller.connect(self.hub.as_ref()) {
             tracing::error!(hub = self.hub.name(), connection = %self.connection.public_id, %error, "the hub refused a new connection");
             return CloseReason::InternalError;
         }

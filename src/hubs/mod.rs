@@ -26,7 +26,7 @@ use crate::protocol::{HubMessage, Value};
 
 /// What the groups of a connection may cost on average, in bytes ([`group_cost`]): with the count limit,
 /// this bounds the memory a connection's groups hold, however long their names.
-const GROUP_BYTES_PER_GROUP: usize = 512;
+const GROUP_BYTES_PER_GROUP: usize = 2048;
 
 /// What one joined group costs in memory: its name twice (the caller's list and the group registry)
 /// and the entries around them.
@@ -99,13 +99,23 @@ pub struct Caller {
     /// The groups joined. A list, not a set: a connection joins one or two, and a set's smallest table
     /// costs every connection some 250 bytes.
     joined: Vec<GroupKey>,
+    /// How many of the joined groups the connection got on connect (`vkey-{id}`, `all`, `admin`): they
+    /// are not subscriptions, and do not count against `limits.groups_per_connection`.
+    automatic: u8,
     /// The hub's own per-connection state (preferences, say); one type per hub.
     state: Option<Box<dyn Any + Send>>,
 }
 
 impl Caller {
     pub fn new(principal: Principal, connection: Arc<Connection>, edge: Arc<Edge>) -> Self {
-        Self { principal, connection, edge, joined: Vec::new(), state: None }
+        Self { principal, connection, edge, joined: Vec::new(), automatic: 0, state: None }
+    }
+
+    /// Runs the hub's connect hook: the groups it joins are the connection's own, not subscriptions.
+    pub fn connect(&mut self, hub: &dyn Hub) -> Result<(), HubError> {
+        hub.on_connected(self)?;
+        self.automatic = u8::try_from(self.joined.len()).unwrap_or(u8::MAX);
+        Ok(())
     }
 
     /// This connection's state of type `T`, created with `T::default()` on first use.
@@ -150,7 +160,7 @@ impl Caller {
                 new.push(key);
             }
         }
-        let limit = self.edge.config.limits.groups_per_connection;
+        let limit = self.edge.config.limits.groups_per_connection + usize::from(self.automatic);
         let cost = |keys: &[GroupKey]| keys.iter().map(group_cost).sum::<usize>();
         if self.joined.len() + new.len() > limit
             || cost(&self.joined) + cost(&new) > limit.saturating_mul(GROUP_BYTES_PER_GROUP)
@@ -332,14 +342,15 @@ mod tests {
     #[test]
     fn groups_per_connection_are_capped_in_count_and_bytes() {
         let mut caller = admin_caller(100);
+        caller.connect(&admin::AdminHub).unwrap();
         for n in 0..100 {
-            caller.join(&format!("task-{n}")).unwrap();
+            caller.join(&format!("task-{n}")).expect("the admin group joined on connect is not counted");
         }
         assert!(too_many(caller.join("task-100")));
         caller.join("task-7").expect("a group already joined costs nothing");
         caller.leave("task-7");
         caller.join("task-100").expect("leaving frees room");
-        assert_eq!(caller.edge().groups.group_count(), 100);
+        assert_eq!(caller.edge().groups.group_count(), 101);
 
         let mut caller = admin_caller(100);
         let first: Vec<String> = (0..60).map(|n| format!("a-{n}")).collect();

@@ -45,6 +45,8 @@ pub struct ListenerLimits {
 
 /// After shutdown, how long the listener waits for requests in flight (long polls, streams) to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a socket over the limits has to send its request (a probe sends it at once).
+const REFUSAL_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the accept loop backs off when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -234,7 +236,14 @@ pub async fn serve(
         let over = counts.open.load(Ordering::Relaxed) > budget
             || counts.unauthenticated.load(Ordering::Relaxed) >= limits.unauthenticated;
         if over {
-            tokio::spawn(refuse(stream, limits.header_timeout));
+            // Answering takes the client's request, so a refused socket waits for it, briefly. Only half of
+            // the reserved descriptors may wait so; past that a socket gets its 503 at once, unread, and
+            // its descriptor back.
+            if counts.open.load(Ordering::Relaxed) <= budget + limits.reserved_file_descriptors / 2 {
+                tokio::spawn(refuse(stream, limits.header_timeout.min(REFUSAL_HEADER_TIMEOUT)));
+            } else {
+                tokio::spawn(refuse_unread(stream));
+            }
             continue;
         }
         let socket = Socket::new(&counts);
@@ -280,6 +289,16 @@ async fn serve_socket(
             }
         }
     }
+}
+
+/// The response of a socket refused without reading its request.
+const UNREAD_REFUSAL: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\n";
+
+/// Refuses a socket without reading from it, when even the sockets being answered are too many.
+async fn refuse_unread(mut stream: CountedStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(REFUSAL_HEADER_TIMEOUT, stream.write_all(UNREAD_REFUSAL)).await;
 }
 
 /// Answers one request on a socket over the limits, `/healthz` with 200 and the rest with 503, and closes.

@@ -60,6 +60,8 @@ pub async fn serve(http: Arc<HttpConnection>, keep_alive: Duration) -> Response 
         .header(header::PRAGMA, "no-cache")
         .header(header::CONTENT_ENCODING, "identity")
         .header("X-Accel-Buffering", "no")
+        // The socket goes with the stream: a client that comes back opens another.
+        .header(header::CONNECTION, "close")
         .body(Body::from_stream(stream))
         .expect("static headers are valid")
 }
