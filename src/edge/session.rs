@@ -428,6 +428,71 @@ impl TokenBucket {
 mod tests {
     use super::*;
 
+    /// A hub with a bug: its one method panics.
+    struct PanickingHub;
+
+    impl Hub for PanickingHub {
+        fn name(&self) -> &'static str {
+            "tasks"
+        }
+
+        fn audience(&self) -> crate::hubs::Audience {
+            crate::hubs::Audience::VirtualKey
+        }
+
+        fn methods(&self) -> &'static [&'static str] {
+            &["Boom"]
+        }
+
+        fn invoke<'a>(
+            &'a self,
+            _caller: &'a mut Caller,
+            _method: &'static str,
+            _args: Arguments,
+        ) -> futures_util::future::BoxFuture<'a, crate::hubs::HubResult> {
+            Box::pin(async { panic!("a bug in a hub method") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_session_still_releases_what_the_connection_held() {
+        use crate::auth::{KeyId, VirtualKey};
+        use crate::edge::groups::Scope;
+        let config = crate::config::Config {
+            auth: crate::config::AuthConfig { jwt_secret: Some("s".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let auth = crate::auth::Authenticator::new(&config.auth).unwrap();
+        let edge = Arc::new(Edge::new(config, auth, vec![Arc::new(PanickingHub)]));
+        let key = KeyId::parse("7").unwrap();
+        let (connection, _queue) = edge.open_connection("tasks", Scope::Tenant(key.clone()), "c1".into());
+        let session = Session {
+            edge: Arc::clone(&edge),
+            hub: Arc::new(PanickingHub),
+            connection: Arc::clone(&connection),
+            principal: Principal::VirtualKey(VirtualKey {
+                id: key,
+                max_connections: None,
+                expires_at: u64::MAX,
+            }),
+            binary_transport: true,
+            inherent_keep_alive: false,
+            stateful_offered: false,
+        };
+        let inbound = futures_util::stream::iter([
+            Bytes::from_static(b"{\"protocol\":\"json\",\"version\":1}\x1e"),
+            Bytes::from_static(
+                b"{\"type\":1,\"invocationId\":\"1\",\"target\":\"Boom\",\"arguments\":[]}\x1e",
+            ),
+        ])
+        .chain(futures_util::stream::pending());
+        let reason =
+            tokio::time::timeout(Duration::from_secs(5), session.run(Box::pin(inbound))).await.unwrap();
+        assert_eq!(reason, CloseReason::InternalError);
+        assert_eq!(edge.groups.group_count(), 0, "the vkey group joined on connect was left");
+        assert_eq!(connection.close_reason(), Some(&CloseReason::InternalError));
+    }
+
     #[test]
     fn error_texts_match_aspnet_core() {
         assert_eq!(
