@@ -13,6 +13,7 @@ pub mod config;
 pub mod edge;
 pub mod events;
 pub mod hubs;
+pub mod ids;
 pub mod metrics;
 pub mod protocol;
 pub mod publish;

@@ -22,8 +22,9 @@ use crate::bus::{AmqpPublishing, Bus, EmbeddedBus};
 use crate::config::Config;
 use crate::edge::connection::CloseReason;
 use crate::edge::Edge;
+use crate::ids::random_id;
 use crate::transport::listener::{ListenerLimits, RequestSocket};
-use crate::transport::negotiate::{random_id, ConnectionTable};
+use crate::transport::negotiate::ConnectionTable;
 use crate::transport::{self, TransportState};
 
 /// Which roles this process runs.

@@ -25,6 +25,13 @@ macro_rules! inline_schema {
     };
 }
 
+/// The contract's id rule for task ids, task types, request ids and provider names: 1 to 128 characters
+/// of `[A-Za-z0-9_:-]`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+}
+
 /// A task id, task type, request id or provider name: 1 to 128 characters of `[A-Za-z0-9_:-]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Id(pub String);
@@ -32,7 +39,7 @@ pub struct Id(pub String);
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let id = String::deserialize(deserializer)?;
-        if crate::hubs::valid_id(&id) {
+        if valid_id(&id) {
             Ok(Id(id))
         } else {
             Err(serde::de::Error::custom(format!("'{id}' is not 1 to 128 characters of [A-Za-z0-9_:-]")))

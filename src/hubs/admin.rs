@@ -4,7 +4,8 @@
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::{valid_id, Arguments, Audience, Caller, Hub, HubError, HubResult};
+use super::{Arguments, Audience, Caller, Hub, HubError, HubResult};
+use crate::events::types::valid_id;
 use crate::events::types::KeyRef;
 
 pub struct AdminHub;

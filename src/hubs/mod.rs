@@ -21,7 +21,7 @@ use crate::auth::{KeyId, Principal};
 use crate::edge::connection::Connection;
 use crate::edge::groups::{GroupKey, Groups, Scope};
 use crate::edge::Edge;
-use crate::events::types::Severity;
+use crate::events::types::{valid_id, Severity};
 use crate::protocol::{HubMessage, Value};
 
 /// What the groups of a connection may cost on average, in bytes ([`group_cost`]): with the count limit,
@@ -287,13 +287,6 @@ pub fn all() -> Vec<Arc<dyn Hub>> {
         Arc::new(webhooks::WebhooksHub),
         Arc::new(admin::AdminHub),
     ]
-}
-
-/// The contract's id rule for task ids, task types, request ids and provider names: 1 to 128 characters
-/// of `[A-Za-z0-9_:-]`.
-pub fn valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
 }
 
 /// Binds a single id argument and validates it, refusing with `refusal` (`Invalid task ID`) otherwise.

@@ -17,14 +17,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
+use futures_util::future::Either;
 
 use crate::auth::{AuthError, Principal};
 use crate::edge::connection::CloseReason;
 use crate::edge::{Edge, Quota};
 use crate::hubs::{Audience, Hub};
+use crate::ids::random_id;
 use http::TransportKind;
 use listener::RequestSocket;
-use negotiate::{random_id, ClaimError, ConnectionTable};
+use negotiate::{ClaimError, ConnectionTable};
 use websocket::{NotWebSocket, WebSocketUpgrade};
 
 /// What transport handlers share.
@@ -269,7 +271,7 @@ async fn connect(
         },
     };
     match (upgrade, token) {
-        (Ok(upgrade), token) => websocket::upgrade(
+        (Ok(upgrade), token) => open_websocket(
             state,
             upgrade,
             websocket::Accepted { hub, principal, connection_id, token, slot, stateful },
@@ -287,6 +289,32 @@ async fn connect(
         }
         (Err(_), None) => (StatusCode::BAD_REQUEST, "Connection ID required").into_response(),
     }
+}
+
+/// Upgrades to the WebSocket of a new connection: a plain one, or one that may resume after a drop.
+fn open_websocket(
+    state: TransportState,
+    upgrade: WebSocketUpgrade,
+    accepted: websocket::Accepted,
+) -> Response {
+    let release = {
+        let state = state.clone();
+        let token = accepted.token.clone();
+        move || {
+            if let Some(token) = token {
+                state.connections.remove(&token)
+            }
+        }
+    };
+    let max_message = websocket::max_socket_message(state.edge.config.limits.max_message_size);
+    upgrade.on_upgrade(max_message, release, move |socket| {
+        // Boxed, so the many plain connections do not carry the size of a resumable one.
+        if accepted.stateful {
+            Either::Left(Box::pin(resumable::serve(state, accepted, socket)))
+        } else {
+            Either::Right(websocket::serve(state, accepted, socket))
+        }
+    })
 }
 
 /// The started SSE or Long Polling connection a POST or DELETE is for, after the same checks as every

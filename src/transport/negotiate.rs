@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -14,12 +13,7 @@ use super::http::HttpConnection;
 use super::resumable::Resumable;
 use super::{HubRequest, TransportState};
 use crate::auth::Principal;
-
-/// A 16-byte random id, base64url like ASP.NET Core's (22 characters).
-pub fn random_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+use crate::ids::random_id;
 
 /// A negotiated connection, found again by its secret token when the transport request arrives.
 #[derive(Debug, Clone)]

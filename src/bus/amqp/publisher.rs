@@ -36,7 +36,7 @@ impl Publisher {
         body: &[u8],
         traceparent: Option<&str>,
     ) -> anyhow::Result<String> {
-        let message_id = message_id.map_or_else(crate::transport::negotiate::random_id, str::to_owned);
+        let message_id = message_id.map_or_else(crate::ids::random_id, str::to_owned);
         let event = routing_key.rsplit('.').next().unwrap_or_default();
         let exchange = short_string("exchange name", &self.names.hub_exchange(hub))?;
         let routing_key = short_string("routing key", routing_key)?;

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -56,27 +54,6 @@ pub struct Accepted {
 /// allows a few; the session enforces the per-message limit with a proper Close.
 pub fn max_socket_message(max_message_size: usize) -> usize {
     max_message_size.saturating_mul(4).max(64 * 1024)
-}
-
-pub fn upgrade(state: TransportState, upgrade: WebSocketUpgrade, accepted: Accepted) -> Response {
-    let release = {
-        let state = state.clone();
-        let token = accepted.token.clone();
-        move || {
-            if let Some(token) = token {
-                state.connections.remove(&token)
-            }
-        }
-    };
-    let max_message = max_socket_message(state.edge.config.limits.max_message_size);
-    upgrade.on_upgrade(max_message, release, move |socket| {
-        // Boxed, so the many plain connections do not carry the size of a resumable one.
-        if accepted.stateful {
-            Either::Left(Box::pin(super::resumable::serve(state, accepted, socket)))
-        } else {
-            Either::Right(serve(state, accepted, socket))
-        }
-    })
 }
 
 /// A WebSocket connection opened on the edge: its record, the receiving end of its queue for the writer,
@@ -132,7 +109,11 @@ impl Ending {
 /// Sets a connection up and returns what runs it. The setup is done here rather than in the future, so the
 /// future (which lives as long as the connection) holds only what the connection needs, not the socket and
 /// the request it was made from.
-fn serve(state: TransportState, accepted: Accepted, socket: WebSocket) -> impl Future<Output = ()> {
+pub(super) fn serve(
+    state: TransportState,
+    accepted: Accepted,
+    socket: WebSocket,
+) -> impl Future<Output = ()> {
     let Opened { connection, queue, session, mut ending } = accepted.open(&state.edge, false);
     let config = &state.edge.config;
     let (reader, writer) = socket.split();
