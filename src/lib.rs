@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod delivery;
 pub mod edge;
 pub mod events;
 pub mod hubs;

@@ -207,7 +207,7 @@ pub fn hub_event(hub: &str, event: &str) -> HubEventLabels {
 
 /// The labels of a delivery sent on: its hub and the event it carries (a published event, a derived
 /// `BudgetAlert`, an admin `VirtualKeyActivity` mirror).
-pub fn delivery(delivery: &crate::edge::Delivery) -> HubEventLabels {
+pub fn delivery(delivery: &crate::delivery::Delivery) -> HubEventLabels {
     let event = match delivery.message.message() {
         Some(crate::protocol::HubMessage::Invocation(invocation)) => invocation.target.as_str(),
         _ => "",

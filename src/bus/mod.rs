@@ -41,7 +41,7 @@ impl EmbeddedBus {
         let mut dispatches = self.router.route(hub, routing_key, message_id, body)?;
         let mut delivered = 0;
         for dispatch in &mut dispatches {
-            if let crate::router::Dispatch::Deliver(delivery) = dispatch {
+            if let crate::delivery::Dispatch::Deliver(delivery) = dispatch {
                 delivery.published_ms = Some(published_ms);
                 metrics.events_forwarded.get_or_create(&crate::metrics::delivery(delivery)).inc();
             }

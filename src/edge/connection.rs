@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::groups::Scope;
+use crate::delivery::{EventFilter, Scope};
 use crate::events::types::Severity;
 use crate::protocol::{HubMessage, Protocol};
 
@@ -236,14 +236,6 @@ impl CloseReason {
             CloseReason::HandshakeFailed(_) => "handshake_failed",
         }
     }
-}
-
-/// What a connection's notification preferences are checked against: the event (its index among the
-/// notification events) and its severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventFilter {
-    pub event: u8,
-    pub severity: Severity,
 }
 
 /// Preferences packed in one atomic, read on the fan-out path without a lock: the low 16 bits are the

@@ -13,27 +13,9 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use super::connection::{Connection, ConnectionId, EventFilter};
-use crate::auth::{KeyId, Principal};
+use super::connection::{Connection, ConnectionId};
+use crate::delivery::{EventFilter, Scope};
 use crate::protocol::EncodedMessage;
-
-/// Whose groups: a tenant's (its virtual key), the admins', or everyone's (`all` notifications).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Scope {
-    Tenant(KeyId),
-    Admin,
-    Everyone,
-}
-
-impl Scope {
-    /// The scope of a connection: its verified credential decides, never anything the client says.
-    pub fn of(principal: &Principal) -> Self {
-        match principal {
-            Principal::VirtualKey(key) => Scope::Tenant(key.id.clone()),
-            Principal::Admin { .. } => Scope::Admin,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GroupKey {
@@ -148,6 +130,7 @@ impl Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::KeyId;
     use crate::edge::connection::{Outbound, OutboundReceiver};
     use crate::protocol::{HubMessage, Protocol};
 

@@ -12,28 +12,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Authenticator, KeyId};
-use crate::bus::amqp::edge::InterestChange;
 use crate::config::Config;
+use crate::delivery::{interest_key, Delivery, Dispatch, Scope};
 use crate::hubs::Hub;
-use crate::protocol::EncodedMessage;
-use crate::router::Dispatch;
 use crate::state::health::ProviderHealth;
 use crate::state::webhook_stats::WebhookStats;
-use connection::{CloseReason, Connection, ConnectionId, EventFilter, OutboundReceiver};
-use groups::{GroupKey, Groups, Scope};
-
-/// One event on its way to the connections of some groups of one hub and scope.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub hub: &'static str,
-    pub scope: Scope,
-    pub groups: Vec<String>,
-    /// Set for notifications: checked against each connection's preferences.
-    pub filter: Option<EventFilter>,
-    /// When the producer published the event (Unix milliseconds), for the delivery latency metric.
-    pub published_ms: Option<u64>,
-    pub message: Arc<EncodedMessage>,
-}
+use connection::{CloseReason, Connection, ConnectionId, OutboundReceiver};
+use groups::{GroupKey, Groups};
 
 /// Shared state of an edge node. Handlers get it as `Arc<Edge>`.
 pub struct Edge {
@@ -55,13 +40,18 @@ pub struct Edge {
     interest_changes: std::sync::OnceLock<mpsc::UnboundedSender<InterestChange>>,
 }
 
-/// The routing key of deliveries for one hub and scope; an edge is interested in those of its connections.
-pub fn interest_key(hub: &str, scope: &Scope) -> String {
-    match scope {
-        Scope::Tenant(key) => format!("d.{hub}.t.{key}"),
-        Scope::Admin => format!("d.{hub}.admin"),
-        Scope::Everyone => format!("d.{hub}.all"),
-    }
+/// A change of the edge's interest in deliveries, which a bus that delivers by interest (RabbitMQ) applies
+/// to its bindings, in order. The edge defines it; the bus implements it.
+#[derive(Debug)]
+pub enum InterestChange {
+    /// Deliveries routed by `key` are wanted now; `done` once the bus delivers them.
+    Bind {
+        key: String,
+        done: oneshot::Sender<()>,
+    },
+    Unbind {
+        key: String,
+    },
 }
 
 /// A connection's interest in deliveries; dropping it withdraws the interest.

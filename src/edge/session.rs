@@ -457,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_session_still_releases_what_the_connection_held() {
         use crate::auth::{KeyId, VirtualKey};
-        use crate::edge::groups::Scope;
+        use crate::delivery::Scope;
         let config = crate::config::Config {
             auth: crate::config::AuthConfig { jwt_secret: Some("s".into()), ..Default::default() },
             ..Default::default()

@@ -18,8 +18,9 @@ use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{KeyId, Principal};
+use crate::delivery::Scope;
 use crate::edge::connection::Connection;
-use crate::edge::groups::{GroupKey, Groups, Scope};
+use crate::edge::groups::{GroupKey, Groups};
 use crate::edge::Edge;
 use crate::events::types::{valid_id, Severity};
 use crate::protocol::{HubMessage, Value};

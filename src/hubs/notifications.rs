@@ -5,7 +5,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 
 use super::{Arguments, Audience, Caller, Hub, HubError, HubResult};
-use crate::edge::groups::Scope;
+use crate::delivery::Scope;
 use crate::events::notifications::EVENT_NAMES;
 use crate::events::types::Severity;
 

@@ -12,49 +12,15 @@ use serde_json::{json, Value};
 
 use crate::auth::KeyId;
 use crate::config::Config;
-use crate::edge::connection::EventFilter;
-use crate::edge::groups::Scope;
-use crate::edge::Delivery;
+use crate::delivery::{Delivery, DeliveryOutcome, Dispatch, EventFilter, Scope};
 use crate::events::types::KeyRef;
 use crate::events::{self, notifications, Audience, EventError, Parsed};
 use crate::protocol::{EncodedMessage, HubMessage};
 use crate::state::budget::BudgetAlerts;
 use crate::state::dedupe::Dedupe;
-use crate::state::webhook_stats::DeliveryOutcome;
 
 /// How many recent message ids are remembered for deduplication.
 const DEDUPE_CAPACITY: usize = 100_000;
-
-/// What the edges must do for one event. Deliveries go to the edges with interested connections; state
-/// changes go to every edge, which keeps its own copy of that state.
-#[derive(Debug, Clone)]
-pub enum Dispatch {
-    Deliver(Delivery),
-    /// Close every connection of the key and refuse new ones.
-    Revoke(KeyId),
-    /// Accept the key's connections again.
-    Restore(KeyId),
-    /// The latest health report of a provider, for `InitialProviderHealth`.
-    ProviderHealth {
-        provider: String,
-        status: Value,
-        message: Value,
-        checked_at: String,
-    },
-    /// One webhook delivery outcome, for `RequestStatistics`.
-    WebhookOutcome {
-        key: KeyId,
-        url: String,
-        outcome: DeliveryOutcome,
-        at: SystemTime,
-    },
-    /// A budget alert went out: routers that take over the spend queue must know its cooldown runs.
-    AlertSent {
-        key: KeyId,
-        alert_type: String,
-        at: SystemTime,
-    },
-}
 
 pub struct Router {
     budget: BudgetAlerts,

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Value};
 
 use crate::auth::KeyId;
+use crate::delivery::DeliveryOutcome;
 
 /// The contract's default window.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -27,16 +28,6 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 const BUCKETS_PER_WINDOW: u64 = 288;
 
 const MIN_BUCKET_MS: u64 = 1000;
-
-/// What a webhook event reports; one per `DeliveryAttempted`, `DeliverySucceeded`, `DeliveryFailed` and
-/// `RetryScheduled`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum DeliveryOutcome {
-    Attempted,
-    Succeeded { response_time_ms: Option<f64> },
-    Failed,
-    RetryScheduled,
-}
 
 /// Delivery statistics per (virtual key, url).
 pub struct WebhookStats {

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 
 use super::TransportState;
 use crate::auth::Principal;
+use crate::delivery::Scope;
 use crate::edge::connection::{Connection, OutboundReceiver};
-use crate::edge::groups::Scope;
 use crate::edge::session::Session;
 use crate::edge::KeySlot;
 use crate::hubs::Hub;

@@ -15,7 +15,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -23,15 +23,8 @@ use super::{
     Readiness, StateMessage,
 };
 use crate::config::Config;
-use crate::edge::Edge;
+use crate::edge::{Edge, InterestChange};
 use crate::state::dedupe::Dedupe;
-
-/// A change of the edge's interest, applied to its queue's bindings in order.
-#[derive(Debug)]
-pub enum InterestChange {
-    Bind { key: String, done: oneshot::Sender<()> },
-    Unbind { key: String },
-}
 
 /// How many delivered message ids an edge remembers to drop redeliveries.
 const DEDUPE_CAPACITY: usize = 100_000;

@@ -29,14 +29,14 @@ use serde_json::Value;
 
 use crate::auth::KeyId;
 use crate::config::BusConfig;
-use crate::edge::connection::EventFilter;
-use crate::edge::groups::Scope;
-use crate::edge::Delivery;
+use crate::delivery::Delivery;
+use crate::delivery::DeliveryOutcome;
+use crate::delivery::Dispatch;
+use crate::delivery::EventFilter;
+use crate::delivery::Scope;
 use crate::events::types::Severity;
 use crate::events::HUBS;
 use crate::protocol::{EncodedMessage, Protocol};
-use crate::router::Dispatch;
-use crate::state::webhook_stats::DeliveryOutcome;
 
 /// Exchange and queue names under the configured prefix.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl Names {
     }
 }
 
-pub use crate::edge::interest_key as delivery_key;
+pub use crate::delivery::interest_key as delivery_key;
 
 /// Whether the bus is connected with its topology in place: `/readyz` answers from this.
 #[derive(Debug, Default)]

@@ -26,8 +26,8 @@ use super::{
     Readiness, StateChange, StateMessage,
 };
 use crate::config::Config;
-use crate::edge::Delivery;
-use crate::router::{Dispatch, Router};
+use crate::delivery::{Delivery, Dispatch};
+use crate::router::Router;
 
 /// Runs the router role until `shutdown`, reconnecting with backoff whenever the broker goes away.
 pub async fn run(config: Config, ready: Arc<Readiness>, shutdown: CancellationToken) {

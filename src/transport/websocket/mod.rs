@@ -24,8 +24,8 @@ pub use socket::{NotWebSocket, SocketReader, SocketWriter, WebSocket, WebSocketU
 
 use super::TransportState;
 use crate::auth::Principal;
+use crate::delivery::Scope;
 use crate::edge::connection::{CloseReason, Connection, Outbound, OutboundReceiver};
-use crate::edge::groups::Scope;
 use crate::edge::session::Session;
 use crate::edge::{Edge, KeySlot};
 use crate::hubs::Hub;
