@@ -3,7 +3,7 @@
 CARGO ?= cargo
 JS_DIR := tests/js
 
-.PHONY: all build run test test-rust test-js helm-check bench lint fmt clean rabbitmq
+.PHONY: all build run test test-rust test-js helm-check bench lint fmt clean rabbitmq fuzz
 
 all: build
 
@@ -55,9 +55,27 @@ bench: rabbitmq
 	./target/release/hubcast-bench all
 
 lint:
+	python3 scripts/check-layers.py
 	$(CARGO) fmt --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
+
+## Fuzz the parsers (fuzz/fuzz_targets) with cargo-fuzz, FUZZ_SECONDS each; not part of `make test`. The
+## committed seeds in fuzz/corpus/<target> are only read: new inputs go to fuzz/target/corpus/<target>,
+## crashes to fuzz/artifacts/<target>. Without a nightly toolchain it builds on stable, without ASan.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := protocol_json protocol_msgpack ws_frame handshake negotiate events
+
+fuzz:
+	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@if rustup toolchain list 2>/dev/null | grep -q "^nightly"; then fuzz="$(CARGO) +nightly fuzz run"; \
+	else fuzz="env RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none"; fi; \
+	failed=; for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/target/corpus/$$target; echo "== $$fuzz $$target"; \
+		$$fuzz $$target fuzz/target/corpus/$$target fuzz/corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || failed="$$failed $$target"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in$$failed (see fuzz/artifacts)" >&2; exit 1; fi
 
 fmt:
 	$(CARGO) fmt
