@@ -31,40 +31,39 @@ pub async fn run(
     message_id: Option<&str>,
     payload: &str,
 ) -> anyhow::Result<Value> {
+    // Checked here, once, before anything is sent either way.
+    let payload: Value = serde_json::from_str(payload).context("the event body is not valid JSON")?;
+    crate::events::validate_incoming(hub, routing_key, message_id, &payload, config.bus.max_event_bytes)?;
     if config.bus.amqp_url.is_some() {
-        publish_to_rabbitmq(config, hub, routing_key, message_id, payload).await
+        publish_to_rabbitmq(config, hub, routing_key, message_id, &payload).await
     } else {
-        publish(config, hub, routing_key, message_id, payload).await
+        publish(config, hub, routing_key, message_id, &payload).await
     }
 }
 
-/// Validates, then publishes with publisher confirms; answers with the message id.
-pub async fn publish_to_rabbitmq(
+/// Publishes a validated event with publisher confirms; answers with the message id.
+async fn publish_to_rabbitmq(
     config: &Config,
     hub: &str,
     routing_key: &str,
     message_id: Option<&str>,
-    payload: &str,
+    payload: &Value,
 ) -> anyhow::Result<Value> {
-    let payload: Value = serde_json::from_str(payload).context("the event body is not valid JSON")?;
-    crate::events::validate_incoming(hub, routing_key, message_id, &payload, config.bus.max_event_bytes)?;
     let publisher = crate::bus::amqp::publisher::Publisher::connect(&config.bus).await?;
-    let body = serde_json::to_vec(&payload)?;
+    let body = serde_json::to_vec(payload)?;
     let traceparent = std::env::var("TRACEPARENT").ok();
     let id = publisher.publish(hub, routing_key, message_id, &body, traceparent.as_deref()).await?;
     Ok(json!({ "messageId": id, "confirmed": true }))
 }
 
-/// Validates and publishes to a running `serve` over HTTP; returns the server's JSON answer.
-pub async fn publish(
+/// Publishes a validated event to a running `serve` over HTTP; returns the server's JSON answer.
+async fn publish(
     config: &Config,
     hub: &str,
     routing_key: &str,
     message_id: Option<&str>,
-    payload: &str,
+    payload: &Value,
 ) -> anyhow::Result<Value> {
-    let payload: Value = serde_json::from_str(payload).context("the event body is not valid JSON")?;
-    crate::events::validate_incoming(hub, routing_key, message_id, &payload, config.bus.max_event_bytes)?;
     let master_key = config
         .auth
         .master_key
@@ -128,7 +127,7 @@ mod tests {
         let text = serde_json::to_string_pretty(&body).unwrap();
         let expected =
             format!("event body of {bytes} bytes is over the limit of bus.max_event_bytes (262144)");
-        let error = publish(&config, "tasks", "vkey.1.TaskProgress", None, &text).await.unwrap_err();
+        let error = run(&config, "tasks", "vkey.1.TaskProgress", None, &text).await.unwrap_err();
         assert_eq!(error.to_string(), expected, "over HTTP to serve");
         config.bus.amqp_url = Some("amqp://guest:guest@127.0.0.1:1/%2f".into());
         let error = run(&config, "tasks", "vkey.1.TaskProgress", None, &text).await.unwrap_err();
